@@ -1,0 +1,65 @@
+"""`monolidar` command line.
+
+Each area owns its sub-commands in a small module exposing ``register(subparsers)``; the handler set
+with ``parser.set_defaults(func=...)`` receives the parsed args and returns an exit code. Modules must
+import heavy libraries (torch, prefect, onnxruntime) inside handlers so ``monolidar --help`` stays fast.
+
+Errors: any ``MonolidarError`` (or OSError/ValueError raised on bad input) becomes a one-line message
+on stderr and exit code 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tasks.errors import MonolidarError
+
+# Sub-command modules, in the order they appear in --help.
+COMMAND_MODULES = (
+    "flows.cli_build",     # build, repair, preview
+    "flows.cli_storage",   # inspect, export-kitti
+    "flows.cli_teacher",   # teacher, teacher-export, train-teacher
+    "flows.cli_train",     # pretrain, finetune, evaluate
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="monolidar",
+        description="Make LiDAR depth-completion training data from ordinary photos, then train on it.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # an area not installed yet must not break the others
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("monolidar: interrupted", file=sys.stderr)
+        return 130
+    except (MonolidarError, FileNotFoundError, NotADirectoryError, ValueError) as exc:
+        if args.debug:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"monolidar {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Networks, losses, metrics, the IP-Basic baseline and the teacher runtime."""
