@@ -19,7 +19,8 @@ from tasks.errors import MonolidarError
 COMMAND_MODULES = (
     "flows.cli_build",     # build, repair, preview
     "flows.cli_storage",   # inspect, export-kitti
-    "flows.cli_teacher",   # teacher, teacher-export, train-teacher
+    "flows.cli_teacher",   # teacher, teacher-export
+    "flows.cli_embedded",  # train-teacher (the embedded default teacher)
     "flows.cli_train",     # pretrain, finetune, evaluate
 )
 

@@ -24,3 +24,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def kitti_gt_dir(shared_data: Path) -> Path:
     return shared_data / "kitti_gt"
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect database + ephemeral API for the whole session (real flow runs)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
