@@ -1,0 +1,305 @@
+"""Dataset build and repair flows (wiring only; the work is in ``tasks.build_tasks``).
+
+build-dataset: validate teacher -> discover inputs -> append-only plan (stored in the dataset) -> per shard
+``prepare -> teacher -> write`` -> finalize (consolidated metadata, dataset card, summary, artifacts).
+repair-shards: re-run, from the stored plan and config, only the shards that are missing or hold failed rows.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from storage.cache import ArrayCache, default_cache_dir
+from storage.plan import read_plan, write_plan
+from storage.store import DatasetStore
+from tasks.build_config import BuildConfig
+from tasks.build_tasks import prepare_shard, shard_key, teacher_shard, write_shard
+from tasks.errors import InputError, StoreError
+from tasks.planning import discover_inputs, plan_shards
+from tasks.provenance import code_version
+
+DEMO_IMAGES = Path(__file__).resolve().parent / "demo_images"
+DEFAULT_OUT = "monolidar-demo/demo.zarr"
+
+
+def load_validated_teacher(teacher: str | None, *, batch_size: int, threads: int | None) -> dict:
+    """Load + probe the teacher in the flow process, before any shard work; returns its identity dict."""
+    from model.teacher import Teacher
+
+    t = Teacher(teacher, threads=threads, probe=True)
+    ident = dict(t.identity())
+    ident.update(path=str(Path(t.path).resolve()), batch_size=int(batch_size), threads=threads)
+    return ident
+
+
+def _shard_state(store: DatasetStore) -> dict[int, dict]:
+    """{shard: {"key": shard_key, "failed": n}} for the complete shards of a store."""
+    state: dict[int, dict] = {}
+    table = store.manifest()
+    if table.num_rows == 0:
+        return state
+    cols = table.select([c for c in ("shard", "status", "shard_key") if c in table.column_names]).to_pylist()
+    for r in cols:
+        s = state.setdefault(int(r["shard"]), {"key": r.get("shard_key"), "failed": 0})
+        s["failed"] += r["status"] == "failed"
+    return state
+
+
+def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict]], cfg: BuildConfig,
+                teacher: dict, *, progress: bool) -> list[dict]:
+    """Submit one prepare -> teacher -> write chain per shard; collect small per-shard summaries."""
+    logger = get_run_logger()
+    code = code_version()
+    cfg_d = cfg.to_dict()
+    futures = {}
+    for shard, samples in shards.items():
+        key = shard_key(samples, cfg, teacher, code)
+        prep = prepare_shard.with_options(task_run_name=f"prepare-shard-{shard:05d}").submit(cache_dir, samples, cfg_d)
+        tout = teacher_shard.with_options(task_run_name=f"teacher-shard-{shard:05d}").submit(cache_dir, prep, teacher)
+        fut = write_shard.with_options(task_run_name=f"write-shard-{shard:05d}").submit(
+            str(store.path), cache_dir, shard, samples, prep, tout, cfg_d, teacher, key
+        )
+        futures[fut] = (shard, tout)
+    bar = None
+    if progress and futures:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(v) for v in shards.values()), unit="sample", desc="build", file=sys.stderr)
+    artifact = create_progress_artifact(0.0, description=f"shards written of {len(futures)}") if futures else None
+    results = []
+    for done, fut in enumerate(as_completed(list(futures)), start=1):
+        shard, tout = futures[fut]
+        state = fut.state
+        if state.is_completed():
+            res = fut.result()
+            t = tout.result(raise_on_failure=False)
+            res["teacher_computed"] = t.get("computed", 0) if isinstance(t, dict) else 0
+        else:
+            reason = str(state.message or state.name)
+            logger.error("shard %05d failed: %s", shard, reason)
+            res = {"shard": shard, "n_rows": len(shards[shard]), "failed_shard": True, "reason": reason,
+                   "status": {"ok": 0, "quarantined": 0, "failed": 0}, "teacher_computed": 0}
+        results.append(res)
+        if bar is not None:
+            bar.update(len(shards[shard]))
+        if artifact is not None:
+            update_progress_artifact(artifact, 100.0 * done / len(futures))
+    if bar is not None:
+        bar.close()
+    return sorted(results, key=lambda r: r["shard"])
+
+
+def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: list[dict], extra: dict,
+              previews: int) -> dict:
+    from tasks.previews import write_previews
+
+    table = store.manifest()
+    rows = table.to_pylist() if table.num_rows else []
+    status = {st: sum(r["status"] == st for r in rows) for st in ("ok", "quarantined", "failed")}
+    dens = [r["lidar_density"] for r in rows if r["status"] == "ok" and r.get("lidar_density") is not None]
+    failed_shards = [r["shard"] for r in results if r.get("failed_shard")]
+    summary = {
+        "store": str(store.path),
+        "samples": len(rows),
+        "status": status,
+        "shards_complete": len(store.complete_shards()),
+        "shards_planned": store.n_shards_allocated,
+        "shards_run": len(results),
+        "failed_shards": failed_shards,
+        "teacher_computed": int(sum(r.get("teacher_computed", 0) for r in results)),
+        "lidar_density_mean": float(sum(dens) / len(dens)) if dens else 0.0,
+        "teacher_sha256": teacher["sha256"],
+        "sensor": cfg.sensor,
+        "code_version": code_version(),
+        **extra,
+    }
+    store.finalize(summary)
+    if results:
+        create_table_artifact(
+            [
+                {
+                    "shard": r["shard"],
+                    "rows": r.get("n_rows", 0),
+                    "ok": r["status"]["ok"],
+                    "quarantined": r["status"]["quarantined"],
+                    "failed": r["status"]["failed"],
+                    "lidar_density_mean": round(r.get("lidar_density_mean", 0.0), 5),
+                    "teacher_computed": r.get("teacher_computed", 0),
+                    "error": r.get("reason", ""),
+                }
+                for r in results
+            ],
+            key="build-shards",
+            description=f"Per-shard statistics of {store.path}",
+        )
+    if previews > 0 and status["ok"]:
+        md = write_previews(store, store.path / "previews", limit=previews, markdown=True)
+        create_markdown_artifact(md, key="build-previews", description="RGB | teacher depth | sparse LiDAR")
+    return summary
+
+
+@flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def build_dataset(
+    images: str = str(DEMO_IMAGES),
+    out: str = DEFAULT_OUT,
+    teacher: str | None = None,
+    sensor: str = "hdl64e_kitti",
+    samples_per_image: int = 1,
+    shard_size: int = 8,
+    seed: int = 0,
+    height: int = 352,
+    width: int = 1216,
+    fx: float | None = None,
+    backend: str = "fast",
+    see_through: bool = False,
+    teacher_batch_size: int = 4,
+    teacher_threads: int | None = None,
+    cache_dir: str | None = None,
+    overwrite: bool = False,
+    previews: int = 4,
+    progress: bool = False,
+) -> dict:
+    """Build (or grow) a sharded Zarr depth-completion dataset from photos.
+
+    Args:
+        images: folder (recursive), glob, or .parquet/.txt list of image URIs; local or fsspec (s3://, gs://…).
+        out: dataset store path (a Zarr v3 group); re-running on an existing store adds only new inputs.
+        teacher: ONNX depth model (Depth Anything V2 I/O); empty = the embedded default teacher.
+        sensor: LiDAR profile name (hdl64e_kitti, vlp16, vlp32c, os1_64, os1_128, livox_avia) or a profile file.
+        samples_per_image: variants per image, each with its own seed (depth scale, sensor jitter, noise).
+        shard_size: samples per shard = the unit one task writes whole.
+        seed: global seed; per-sample seeds are hash(seed, sample id).
+        height: canvas rows (KITTI crop: 352).
+        width: canvas columns (KITTI crop: 1216).
+        fx: canvas focal length in pixels; empty = KITTI-like field of view.
+        backend: ray caster: fast (default), embree (reference) or pyrender (raster).
+        see_through: keep LiDAR returns hidden from the camera behind foreground edges, like real KITTI input.
+        teacher_batch_size: images per teacher batch.
+        teacher_threads: onnxruntime intra-op threads per session; empty = onnxruntime's default.
+        cache_dir: teacher/canvas Zarr cache; empty = ``.monolidar-cache`` beside the store.
+        overwrite: delete an existing store built with another configuration instead of refusing.
+        previews: number of preview images written into the store and attached as an artifact.
+        progress: show a progress bar on stderr.
+    """
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    cfg = BuildConfig(height=height, width=width, fx=fx, sensor=sensor, backend=backend, see_through=see_through,
+                      samples_per_image=samples_per_image, shard_size=shard_size, seed=seed)
+    _check_sensor_and_backend(cfg)
+    # A missing or broken teacher fails here, before any shard runs.
+    ident = load_validated_teacher(teacher, batch_size=teacher_batch_size, threads=teacher_threads)
+    inputs = discover_inputs(images)
+    store_path = Path(out)
+    cache = str(Path(cache_dir) if cache_dir else default_cache_dir(store_path))
+    store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite)
+    with store.lock(owner="build-dataset"):
+        ArrayCache(cache).clear_temporaries()
+        plan = plan_shards(inputs, shard_size=shard_size, samples_per_image=samples_per_image, seed=seed,
+                           existing=read_plan(store.path))
+        if plan.removed_keys:
+            logger.warning("%d planned inputs are gone from %s (kept in the dataset): %s", len(plan.removed_keys),
+                           images, ", ".join(plan.removed_keys[:10]))
+        write_plan(store.path, [s.__dict__ for s in plan.samples])
+        store.ensure_shards(plan.n_shards)
+        code = code_version()
+        state = _shard_state(store)
+        todo = {
+            shard: [s.__dict__ for s in samples]
+            for shard, samples in plan.shards().items()
+            if state.get(shard, {}).get("key") != shard_key([s.__dict__ for s in samples], cfg, ident, code)
+        }
+        logger.info("%d inputs, %d samples in %d shards; %d shards to write (%d up to date)", len(inputs),
+                    len(plan.samples), plan.n_shards, len(todo), plan.n_shards - len(todo))
+        results = _run_shards(store, cache, todo, cfg, ident, progress=progress)
+        summary = _finalize(store, cfg, ident, results, {"removed_inputs": plan.removed_keys,
+                                                         "inputs": len(inputs)}, previews)
+    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    logger.info("dataset %s: %s", store.path, {k: summary[k] for k in ("samples", "status", "lidar_density_mean")})
+    return summary
+
+
+def _check_sensor_and_backend(cfg: BuildConfig) -> None:
+    from tasks.sensors import load_profile
+
+    load_profile(cfg.sensor)  # unknown name -> GeometryError listing the known ones
+    if cfg.backend not in ("fast", "embree", "pyrender"):
+        raise InputError(f"unknown backend {cfg.backend!r}; expected fast, embree or pyrender")
+
+
+def _open_or_create(path: Path, cfg: BuildConfig, teacher: dict, images: str, *, overwrite: bool) -> DatasetStore:
+    config = {"build": cfg.to_dict(), "config_hash": cfg.hash(), "images": str(images)}
+    teacher_attrs = {k: teacher[k] for k in teacher if k != "threads"}
+    if path.exists() and any(path.iterdir()):
+        store = DatasetStore.open(path, mode="r+")  # StoreError if it is not a monolidar store
+        old = store.attrs.get("config", {})
+        old_teacher = store.attrs.get("teacher", {}).get("sha256")
+        mismatch = []
+        if old.get("config_hash") != cfg.hash():
+            mismatch.append("configuration")
+        if old_teacher != teacher["sha256"]:
+            mismatch.append("teacher")
+        if not mismatch:
+            return store
+        if not overwrite:
+            raise StoreError(
+                f"{path}: existing dataset was built with another {' and '.join(mismatch)}; "
+                "choose a new --out or pass --overwrite to replace it"
+            )
+        shutil.rmtree(path)
+    return DatasetStore.create(path, height=cfg.height, width=cfg.width, shard_size=cfg.shard_size, config=config,
+                               teacher=teacher_attrs, sensor=cfg.sensor, code_version=code_version())
+
+
+@flow(name="repair-shards", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None = None,
+                   progress: bool = False) -> dict:
+    """Re-run only the shards of ``store`` that are missing or hold failed samples, from its stored plan and
+    configuration. Idempotent: on a complete store it changes nothing.
+
+    Args:
+        store: dataset store path.
+        teacher: ONNX teacher to use if the recorded one moved (must have the same sha256).
+        cache_dir: teacher/canvas cache; empty = ``.monolidar-cache`` beside the store.
+        progress: show a progress bar on stderr.
+    """
+    logger = get_run_logger()
+    ds = DatasetStore.open(store, mode="r+")
+    config = ds.attrs.get("config", {})
+    cfg = BuildConfig.from_dict(config.get("build", {}))
+    recorded = ds.attrs.get("teacher", {})
+    ident = load_validated_teacher(teacher or recorded.get("path"), batch_size=recorded.get("batch_size", 4),
+                                   threads=None)
+    if ident["sha256"] != recorded.get("sha256"):
+        raise StoreError(f"{store}: teacher {ident['path']} (sha256 {ident['sha256'][:12]}) is not the one the "
+                         f"dataset was built with (sha256 {str(recorded.get('sha256'))[:12]})")
+    cache = str(Path(cache_dir) if cache_dir else default_cache_dir(ds.path))
+    with ds.lock(owner="repair-shards"):
+        ArrayCache(cache).clear_temporaries()
+        plan_rows = read_plan(ds.path)
+        if not plan_rows:
+            raise StoreError(f"{store}: no build plan recorded (plan.parquet missing); rebuild it instead")
+        shards: dict[int, list[dict]] = {}
+        for r in plan_rows:
+            shards.setdefault(int(r["shard"]), []).append(r)
+        state = _shard_state(ds)
+        todo = {s: sorted(rows, key=lambda r: r["row"]) for s, rows in sorted(shards.items())
+                if s not in state or state[s]["failed"] > 0}
+        logger.info("%s: %d of %d shards need repair: %s", store, len(todo), len(shards), sorted(todo)[:20])
+        if not todo:
+            return {"store": str(ds.path), "repaired_shards": [], "changed": False}
+        results = _run_shards(ds, cache, todo, cfg, ident, progress=progress)
+        summary = _finalize(ds, cfg, ident, results, {"repaired": sorted(todo)}, previews=0)
+    summary.update(repaired_shards=sorted(todo), changed=True)
+    return summary

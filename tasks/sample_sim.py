@@ -1,0 +1,96 @@
+"""One training sample from a canvas and its teacher output: depth policy -> mesh -> LiDAR -> arrays.
+
+Pure: numpy in, numpy out, seeded. The build's shard task calls it once per planned sample; a failure
+raises, and the caller records the sample as ``failed`` with the message.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tasks.build_config import BuildConfig
+from tasks.depth_policy import DepthPolicy, disparity_to_depth
+from tasks.images import intrinsics_for_canvas
+from tasks.lidar import simulate_lidar
+from tasks.mesh import MeshOptions
+from tasks.pattern_stats import pattern_stats
+from tasks.sensors import SensorProfile
+
+KITTI_CROP = (352, 1216)
+SPARSE_SCALE = 256.0  # KITTI: uint16 PNG depth = metres * 256
+
+
+@dataclass
+class SimulatedSample:
+    arrays: dict[str, np.ndarray]  # rgb, teacher_output, depth, sparse, K, lidar_pose (store layout)
+    stats: dict  # manifest statistics
+
+
+def quantize_sparse(sparse_m: np.ndarray) -> np.ndarray:
+    """Metres -> KITTI uint16 (x256, rounded); returns beyond 255.99 m are dropped rather than wrapped."""
+    q = np.rint(sparse_m.astype(np.float64) * SPARSE_SCALE)
+    q[(q > np.iinfo(np.uint16).max) | ~np.isfinite(q)] = 0
+    return q.astype(np.uint16)
+
+
+def simulate_sample(
+    canvas: np.ndarray,
+    teacher_output: np.ndarray,
+    *,
+    teacher_kind: str,
+    config: BuildConfig,
+    profile: SensorProfile,
+    seed: int,
+) -> SimulatedSample:
+    h, w = config.height, config.width
+    if canvas.shape != (h, w, 3) or teacher_output.shape != (h, w):
+        raise ValueError(
+            f"canvas {canvas.shape} / teacher output {teacher_output.shape} do not match the dataset's {h}x{w}"
+        )
+    K = intrinsics_for_canvas(h, w, fx=config.focal)
+    policy = DepthPolicy(near_m=config.near_m, far_m=config.far_m, max_depth_m=config.max_depth_m)
+    depth, policy_info = disparity_to_depth(teacher_output, kind=teacher_kind, seed=seed, policy=policy)
+    scan = simulate_lidar(
+        depth,
+        K,
+        profile,
+        seed=seed,
+        backend=config.backend,
+        mesh_options=MeshOptions(max_depth_m=config.max_depth_m, ratio_threshold=config.mesh_ratio_threshold),
+        see_through=config.see_through,
+    )
+    sparse = quantize_sparse(scan.sparse)
+    crop = (min(h, KITTI_CROP[0]), min(w, KITTI_CROP[1]))
+    pstats = pattern_stats(sparse.astype(np.float32) / SPARSE_SCALE, crop=crop)
+    valid = depth[depth > 0]
+    stats = {
+        "lidar_points": int(np.count_nonzero(sparse)),
+        "lidar_density": float(pstats["density"]),
+        "first_row": int(pstats["first_row"]),
+        "depth_min": float(valid.min()) if valid.size else 0.0,
+        "depth_max": float(valid.max()) if valid.size else 0.0,
+        "depth_scale": float(policy_info.get("scale", np.nan)),
+        "depth_shift": float(policy_info.get("shift", np.nan)),
+    }
+    arrays = {
+        "rgb": canvas,
+        "teacher_output": teacher_output.astype(np.float16),
+        "depth": depth.astype(np.float32),
+        "sparse": sparse,
+        "K": K.astype(np.float32),
+        "lidar_pose": scan.pose.astype(np.float32),
+    }
+    return SimulatedSample(arrays=arrays, stats=stats)
+
+
+def empty_arrays(height: int, width: int) -> dict[str, np.ndarray]:
+    """Row content for quarantined / failed samples (zeros, which the store's fill value also is)."""
+    return {
+        "rgb": np.zeros((height, width, 3), np.uint8),
+        "teacher_output": np.zeros((height, width), np.float16),
+        "depth": np.zeros((height, width), np.float32),
+        "sparse": np.zeros((height, width), np.uint16),
+        "K": np.zeros((3, 3), np.float32),
+        "lidar_pose": np.zeros((4, 4), np.float32),
+    }
