@@ -1,0 +1,108 @@
+"""Input discovery and append-only shard planning (pure functions)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage.cache import ArrayCache
+from tasks.errors import InputError
+from tasks.planning import discover_inputs, plan_shards, sample_id_for
+
+
+def _touch(root: Path, names: list[str]) -> None:
+    for n in names:
+        p = root / n
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+
+
+def test_discover_folder_sorted_recursive_and_filtered(tmp_path):
+    _touch(tmp_path, ["b.jpg", "a.png", "sub/c.JPG", "notes.txt"])
+    items = discover_inputs(str(tmp_path))
+    assert [i.key for i in items] == ["a.png", "b.jpg", "sub/c.JPG"]
+    assert all(Path(i.uri).is_file() for i in items)
+
+
+def test_discover_glob_text_list_and_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _touch(tmp_path, ["x/1.jpg", "x/2.jpg", "x/3.png"])
+    assert [i.key for i in discover_inputs(str(tmp_path / "x" / "*.jpg"))] == ["1.jpg", "2.jpg"]
+    lst = tmp_path / "list.txt"
+    lst.write_text("# comment\nx/2.jpg\nx/1.jpg\n")
+    items = discover_inputs(str(lst))
+    assert [i.key for i in items] == ["x/1.jpg", "x/2.jpg"]
+    assert Path(items[0].uri).is_file()
+    pq.write_table(pa.table({"uri": [str(tmp_path / "x/3.png")]}), tmp_path / "l.parquet")
+    assert discover_inputs(str(tmp_path / "l.parquet"))[0].uri.endswith("3.png")
+
+
+def test_discover_fsspec_memory_filesystem():
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/imgs/a.jpg", b"1")
+    fs.pipe("/imgs/b.jpg", b"2")
+    items = discover_inputs("memory://imgs")
+    assert [i.key for i in items] == ["a.jpg", "b.jpg"]
+    assert items[0].uri.startswith("memory://")
+
+
+def test_discover_errors_name_the_path(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        discover_inputs(str(tmp_path / "nope"))
+    with pytest.raises(InputError, match="no images"):
+        discover_inputs(str(tmp_path))
+
+
+def _inputs(tmp_path, names):
+    _touch(tmp_path, names)
+    return discover_inputs(str(tmp_path))
+
+
+def test_plan_is_deterministic_and_packs_shards(tmp_path):
+    inputs = _inputs(tmp_path, [f"{i:03d}.jpg" for i in range(7)])
+    a = plan_shards(inputs, shard_size=3, samples_per_image=2, seed=5)
+    b = plan_shards(list(reversed(inputs)), shard_size=3, samples_per_image=2, seed=5)
+    assert a.samples == b.samples
+    assert a.n_shards == 5 and [len(v) for v in a.shards().values()] == [3, 3, 3, 3, 2]
+    assert len({s.seed for s in a.samples}) == 14
+    assert a.samples[0].sample_id == sample_id_for("000.jpg", 0)
+    c = plan_shards(inputs, shard_size=3, samples_per_image=2, seed=6)
+    assert [s.seed for s in c.samples] != [s.seed for s in a.samples]
+
+
+def test_plan_appends_new_inputs_and_keeps_existing(tmp_path):
+    first = _inputs(tmp_path, ["b.jpg", "d.jpg", "f.jpg"])
+    p1 = plan_shards(first, shard_size=2, samples_per_image=1, seed=0)
+    existing = [s.__dict__ for s in p1.samples]
+    grown = _inputs(tmp_path, ["a.jpg", "c.jpg"])  # sorts *before* the old ones: must not shift them
+    (tmp_path / "f.jpg").unlink()
+    grown = discover_inputs(str(tmp_path))
+    p2 = plan_shards(grown, shard_size=2, samples_per_image=1, seed=0, existing=existing)
+    assert p2.samples[: len(existing)] == p1.samples  # untouched
+    new = p2.samples[len(existing):]
+    assert [s.key for s in new] == ["a.jpg", "c.jpg"]
+    assert {s.shard for s in new} == {2} and p2.new_shards == [2]
+    assert p2.removed_keys == ["f.jpg"]
+    again = plan_shards(grown, shard_size=2, samples_per_image=1, seed=0, existing=[s.__dict__ for s in p2.samples])
+    assert again.samples == p2.samples and again.new_shards == []
+
+
+def test_array_cache_roundtrip_and_atomicity(tmp_path):
+    cache = ArrayCache(tmp_path / "c")
+    key = "ab" * 32
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert not cache.has("teacher", key)
+    cache.put("teacher", key, arr)
+    assert cache.has("teacher", key)
+    np.testing.assert_array_equal(cache.get("teacher", key), arr)
+    cache.put("teacher", key, arr + 1)  # existing entry wins (content-addressed)
+    np.testing.assert_array_equal(cache.get("teacher", key), arr)
+    (tmp_path / "c" / "teacher" / "ab" / ".x.tmp-1").mkdir()  # a crashed writer's leftover
+    assert cache.clear_temporaries() == 1
+    with pytest.raises(ValueError):
+        cache.get("teacher", "not-hex")
