@@ -33,3 +33,44 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_onnx(tmp_path_factory) -> Path:
+    """A small real ONNX depth model (torch -> ONNX) whose disparity grows toward the bottom of the image
+    like a ground plane, modulated by the image so outputs differ per input. Runs in milliseconds."""
+    import onnx
+    import torch
+
+    class GroundPlaneDisparity(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            rows = torch.ones_like(x[:, 0]).cumsum(1) / x.shape[2]  # 0..1 top -> bottom
+            texture = torch.sigmoid(x.mean(1))  # image-dependent term
+            return 0.02 + torch.relu(rows - 0.45) * 2.0 + 0.05 * texture
+
+    path = tmp_path_factory.mktemp("teacher") / "tiny_teacher.onnx"
+    b, h, w = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
+    torch.onnx.export(
+        GroundPlaneDisparity().eval(), (torch.randn(2, 3, 28, 56),), str(path), input_names=["pixel_values"],
+        output_names=["predicted_depth"], dynamic_shapes={"x": {0: b, 2: h, 3: w}}, dynamo=True, verbose=False,
+    )
+    proto = onnx.load(str(path))
+    for k, v in {"monolidar.output_kind": "disparity", "monolidar.short_side": "56"}.items():
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def small_images(tmp_path_factory) -> Path:
+    """Five real photos (the demo inputs) downsized to 320 px wide, in a fresh folder."""
+    from PIL import Image
+
+    src = REPO / "flows" / "demo_images"
+    out = tmp_path_factory.mktemp("images")
+    for p in sorted(src.glob("*.jpg"))[:5]:
+        im = Image.open(p).convert("RGB")
+        im = im.resize((320, round(im.height * 320 / im.width)))
+        im.save(out / p.name, quality=90)
+    return out
