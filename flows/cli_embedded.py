@@ -1,0 +1,42 @@
+"""`monolidar train-teacher`: retrain the embedded default teacher on procedural renders."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train-teacher",
+        help="train the embedded monocular depth teacher on procedural scenes and export it as ONNX",
+        description="Render seeded procedural street/indoor scenes (cached), train the small relative-depth "
+                    "network with a scale-and-shift-invariant disparity loss, export ONNX (Depth Anything V2 I/O).",
+    )
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="ONNX file to write (default: the shipped model)")
+    p.add_argument("--scenes", type=int, default=2400, help="number of procedural scenes to render (default 2400)")
+    p.add_argument("--epochs", type=float, default=8.0, help="passes over the scenes, in crops (default 8)")
+    p.add_argument("--seed", type=int, default=0, help="global seed (scenes, initialisation, batches)")
+    p.add_argument("--minutes", type=float, default=25.0,
+                   help="training wall-time budget in minutes; 0 = no limit, deterministic (default 25)")
+    p.add_argument("--short-side", type=int, default=196, help="network input short side, multiple of 14")
+    p.add_argument("--cache-dir", type=Path, default=None, help="render cache (default ~/.cache/monolidar)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from flows.train_teacher import train_teacher
+
+    if args.scenes < 1:
+        raise ValueError(f"--scenes must be >= 1 (got {args.scenes})")
+    if args.short_side % 14 or args.short_side < 28:
+        raise ValueError(f"--short-side must be a multiple of 14 and >= 28 (got {args.short_side})")
+    summary = train_teacher(args.out, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed,
+                            minutes=args.minutes or None, short_side=args.short_side, threads=args.threads,
+                            cache_dir=args.cache_dir)
+    print(json.dumps({k: summary[k] for k in ("path", "bytes", "monolidar.parameters", "monolidar.train_steps",
+                                              "render_seconds", "total_seconds")}, indent=2))
+    return 0

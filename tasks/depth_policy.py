@@ -1,0 +1,134 @@
+"""Teacher output -> the metric depth that places the mesh (DESIGN.md §4 "Disparity -> depth").
+
+A relative-disparity teacher (Depth Anything V2 convention) predicts ``disp = s / depth + t`` with unknown
+scale ``s > 0`` and shift ``t``; larger = nearer, and sky / "infinitely far" comes out at (about) zero.
+Stage 1 only needs a *plausible* metric scene, so the policy picks one per image from a seeded range:
+
+1. Robust anchors over the finite pixels: ``d_near`` = the ``near_quantile`` of disparity (the nearest
+   surfaces, ignoring a few outliers).
+2. Sky: pixels with ``disp <= sky_ratio * d_near`` are "no surface" (depth 0). With zero-shifted
+   disparity this means "more than 1/sky_ratio times farther than the near surfaces" (100x by default:
+   beyond 200-500 m for the default near range, past any LiDAR). This is the one place the policy
+   relies on the DA convention that zero disparity = infinity; a teacher with a large positive shift
+   simply yields no sky, and its far pixels end at the ``max_depth_m`` clamp.
+3. ``d_far`` = the ``far_quantile`` of the non-sky disparity (the far end of the real scene).
+4. Sample ``near_m ~ U(near_m range)`` and ``far_m ~ U(far_m range)`` from ``default_rng(seed)`` and fit
+   the affine map in inverse depth ``1/depth = scale * disp + shift`` through (d_near -> 1/near_m) and
+   (d_far -> 1/far_m). An affine map of an affine disparity is again affine in 1/depth, so the result is
+   the true scene up to the inverse-depth affinity the two anchors fix: quantile anchors make it
+   invariant to the teacher's own scale and shift.
+5. Pixels that map to ``1/depth <= 0`` (beyond infinity) are sky too; the rest is clamped to
+   ``max_depth_m``. Non-finite teacher pixels are 0.
+
+A constant (or near-constant) disparity has no depth structure: the image becomes a fronto-parallel
+wall at ``far_m``. kind "metric" passes depth through (clamped, invalid -> 0); no sampling.
+The teacher output itself is stored untouched beside the depth this returns.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from tasks.errors import GeometryError
+
+DEPTH_KINDS = ("disparity", "metric")
+
+
+@dataclass(frozen=True)
+class DepthPolicy:
+    """How a relative disparity becomes metric depth; see the module docstring for the rule.
+
+    near_m / far_m: ranges (metres) the near / far anchors are drawn from, per image, uniformly.
+        Defaults fit street scenes seen from a car (DMD3C's target): nearest surfaces 2-5 m, far end of
+        the scene 40-80 m, inside the HDL-64E's ~120 m range.
+    max_depth_m: clamp; nothing is placed beyond it (default = the HDL-64E range).
+    near_quantile / far_quantile: disparity quantiles used as the near / far anchors (robust to a few
+        outlier pixels; far is computed over non-sky pixels).
+    sky_ratio: disparity at or below ``sky_ratio * d_near`` is sky (no surface, depth 0).
+    """
+
+    near_m: tuple[float, float] = (2.0, 5.0)
+    far_m: tuple[float, float] = (40.0, 80.0)
+    max_depth_m: float = 120.0
+    near_quantile: float = 0.98
+    far_quantile: float = 0.02
+    sky_ratio: float = 0.01
+
+    def __post_init__(self) -> None:
+        (n0, n1), (f0, f1) = self.near_m, self.far_m
+        if not (0 < n0 <= n1 < f0 <= f1 <= self.max_depth_m):
+            raise GeometryError(
+                f"depth policy needs 0 < near {self.near_m} < far {self.far_m} <= max_depth_m {self.max_depth_m}"
+            )
+        if not (0.0 <= self.far_quantile < self.near_quantile <= 1.0):
+            raise GeometryError(
+                f"depth policy quantiles must satisfy 0 <= far ({self.far_quantile}) < near ({self.near_quantile}) <= 1"
+            )
+        if not (0.0 <= self.sky_ratio < 1.0):
+            raise GeometryError(f"depth policy sky_ratio must be in [0, 1), got {self.sky_ratio}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _metric(depth: np.ndarray, policy: DepthPolicy) -> tuple[np.ndarray, dict]:
+    valid = np.isfinite(depth) & (depth > 0)
+    out = np.where(valid, np.minimum(depth, policy.max_depth_m), 0.0).astype(np.float32)
+    vals = out[valid]
+    near = float(np.quantile(vals, 1.0 - policy.near_quantile)) if vals.size else 0.0
+    far = float(np.quantile(vals, 1.0 - policy.far_quantile)) if vals.size else 0.0
+    info = {"scale": 1.0, "shift": 0.0, "near_m": near, "far_m": far,
+            "sky_fraction": float(1.0 - valid.mean()) if depth.size else 0.0}
+    return out, info
+
+
+def disparity_to_depth(
+    teacher_output: np.ndarray,
+    *,
+    kind: str = "disparity",
+    seed: int,
+    policy: DepthPolicy = DepthPolicy(),
+) -> tuple[np.ndarray, dict]:
+    """Metric depth (float32 metres, 0 = no surface) from one raw teacher map (H, W).
+
+    Returns ``(depth, info)`` with info = {"scale", "shift", "near_m", "far_m", "sky_fraction"}: for
+    disparity, ``1/depth = scale * disp + shift`` on the surface pixels; for metric, the identity map and
+    the measured near/far quantile depths.
+    """
+    disp = np.asarray(teacher_output)
+    if disp.ndim != 2 or disp.size == 0:
+        raise GeometryError(f"teacher output must be a non-empty (H, W) map, got shape {disp.shape}")
+    if kind not in DEPTH_KINDS:
+        raise GeometryError(f"unknown teacher output kind {kind!r}; expected one of {DEPTH_KINDS}")
+    disp = disp.astype(np.float64)
+    if kind == "metric":
+        return _metric(disp, policy)
+
+    # The seeded draw happens first and unconditionally, so the same seed always means the same range.
+    rng = np.random.default_rng(seed)
+    near_m = float(rng.uniform(*policy.near_m))
+    far_m = float(rng.uniform(*policy.far_m))
+
+    finite = np.isfinite(disp)
+    depth = np.zeros(disp.shape, dtype=np.float32)
+    info = {"scale": 0.0, "shift": 0.0, "near_m": near_m, "far_m": far_m, "sky_fraction": 1.0}
+    if not finite.any():
+        return depth, info
+    d_near = float(np.quantile(disp[finite], policy.near_quantile))
+    if d_near <= 0.0:  # nothing nearer than "infinity": all sky
+        return depth, info
+    surface = finite & (disp > policy.sky_ratio * d_near)
+    d_far = float(np.quantile(disp[surface], policy.far_quantile))
+
+    if d_near - d_far <= 1e-6 * d_near:
+        # No depth structure to preserve: a wall at the far anchor.
+        scale, shift = 0.0, 1.0 / far_m
+    else:
+        scale = (1.0 / near_m - 1.0 / far_m) / (d_near - d_far)
+        shift = 1.0 / far_m - scale * d_far
+    inv = scale * disp + shift
+    surface &= inv > 0.0
+    depth[surface] = np.minimum(1.0 / inv[surface], policy.max_depth_m)
+    info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - surface.mean()))
+    return depth, info

@@ -1,0 +1,170 @@
+"""Input photos: load + validate to uint8 RGB, fit to the dataset canvas, canvas intrinsics.
+
+Every rejection is an ``InputError`` whose one-line message names the file and the reason, so the build
+flow can quarantine the sample and report why.
+"""
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tasks.errors import InputError
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Pillow modes that hold more than 8 bits per sample (single channel); DMD3C's teacher wants 8-bit RGB.
+HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "F"}
+GRAY_MODES = {"1", "L", "LA", "La"}
+
+
+def _read(path_or_bytes: str | Path | bytes | bytearray | memoryview, name: str) -> tuple[bytes, str]:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes), name or "<bytes>"
+    path = Path(path_or_bytes)
+    label = name or str(path)
+    if not path.is_file():
+        raise InputError(f"{label}: no such image file")
+    try:
+        return path.read_bytes(), label
+    except OSError as exc:
+        raise InputError(f"{label}: cannot read ({exc.strerror or exc})") from exc
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+    """Bit depth from a PNG IHDR: Pillow silently narrows 16-bit RGB PNGs to 8 bits, so check the header."""
+    if data[:8] == PNG_SIGNATURE and len(data) >= 26 and data[12:16] == b"IHDR":
+        return data[24]
+    return None
+
+
+def load_image(
+    path_or_bytes: str | Path | bytes | bytearray | memoryview,
+    *,
+    name: str = "",
+    max_pixels: int = 80_000_000,
+) -> np.ndarray:
+    """Decode one photo to uint8 (H,W,3) RGB with EXIF orientation applied.
+
+    Rejected (InputError naming the file): zero-byte, not an image, truncated/corrupt data, 16-bit or
+    float samples, grayscale (DMD3C needs colour), more than ``max_pixels`` (checked from the header,
+    before any pixel is decoded). Palette, RGBA, CMYK and other colour modes are converted to RGB
+    (alpha is dropped, not composited).
+    """
+    data, label = _read(path_or_bytes, name)
+    if not data:
+        raise InputError(f"{label}: zero-byte file")
+    try:
+        with warnings.catch_warnings():
+            # We apply our own pixel limit below; Pillow's bomb warning would only add noise.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"{label}: image too large ({exc})") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{label}: not an image (unrecognised or damaged header)") from exc
+
+    width, height = im.size
+    if width * height > max_pixels:
+        raise InputError(f"{label}: image too large ({width}x{height} = {width * height} pixels > {max_pixels})")
+    if width == 0 or height == 0:
+        raise InputError(f"{label}: image has zero size ({width}x{height})")
+    bits = _png_bit_depth(data)
+    if im.mode in HIGH_BIT_MODES or (bits is not None and bits > 8):
+        raise InputError(f"{label}: {bits or 16}-bit image (mode {im.mode}); expected 8-bit RGB")
+    if im.mode in GRAY_MODES:
+        raise InputError(f"{label}: grayscale image (mode {im.mode}); a colour RGB photo is required")
+
+    try:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InputError(f"{label}: truncated or corrupt image data ({exc})") from exc
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    array = np.asarray(im, dtype=np.uint8)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise InputError(f"{label}: decoded to shape {array.shape}, expected HxWx3")
+    return np.ascontiguousarray(array)
+
+
+def fit_to_canvas(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize to cover height x width (aspect preserved) then centre-crop.
+
+    Returns ``(canvas, scale, (off_x, off_y))``: source pixel centre ``u`` lands at canvas coordinate
+    ``(u + 0.5) * scale - 0.5 - off_x`` (same for v with off_y), so intrinsics transform as
+    ``fx' = fx * scale``, ``cx' = (cx + 0.5) * scale - 0.5 - off_x``.
+    """
+    if height <= 0 or width <= 0:
+        raise InputError(f"canvas size must be positive, got {height}x{width}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"fit_to_canvas expects uint8 HxWx3, got {image.dtype} {image.shape}")
+    src_h, src_w = image.shape[:2]
+    scale = max(height / src_h, width / src_w)
+    # Round to the nearest pixel but never below the canvas: the crop must stay inside the image.
+    new_h = max(height, int(math.floor(src_h * scale + 0.5)))
+    new_w = max(width, int(math.floor(src_w * scale + 0.5)))
+    if (new_h, new_w) != (src_h, src_w):
+        image = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.Resampling.BICUBIC))
+    off_x = (new_w - width) // 2
+    off_y = (new_h - height) // 2
+    canvas = np.ascontiguousarray(image[off_y:off_y + height, off_x:off_x + width])
+    return canvas, float(scale), (off_x, off_y)
+
+
+def intrinsics_for_canvas(height: int, width: int, *, fx: float) -> np.ndarray:
+    """Pinhole K (3x3 float32) with fx = fy and the principal point at the canvas centre.
+
+    Pixel coordinates follow the OpenCV convention (integer coordinates at pixel centres), so the
+    centre of an H x W canvas is ((W - 1) / 2, (H - 1) / 2).
+    """
+    if height <= 0 or width <= 0:
+        raise InputError(f"canvas size must be positive, got {height}x{width}")
+    if not (np.isfinite(fx) and fx > 0):
+        raise InputError(f"focal length must be a positive number, got {fx}")
+    return np.array(
+        [[fx, 0.0, (width - 1) / 2.0], [0.0, fx, (height - 1) / 2.0], [0.0, 0.0, 1.0]], dtype=np.float32
+    )
+
+
+# An inferno-like ramp (black -> purple -> red -> orange -> pale yellow): luminance rises monotonically,
+# so near/far reads correctly in colour and in grey. Anchors at 0, 1/8, ..., 1; linear in between.
+_RAMP_ANCHORS = np.array(
+    [[0, 0, 4], [31, 12, 72], [85, 15, 109], [136, 34, 106], [186, 54, 85],
+     [227, 89, 51], [249, 140, 10], [249, 201, 50], [252, 255, 164]], dtype=np.float64,
+)
+_RAMP_LUT = np.stack(
+    [np.interp(np.linspace(0, 1, 256), np.linspace(0, 1, len(_RAMP_ANCHORS)), _RAMP_ANCHORS[:, c]) for c in range(3)],
+    axis=-1,
+).round().astype(np.uint8)
+
+
+def colorize(values: np.ndarray, *, valid: np.ndarray | None = None, lo: float | None = None,
+             hi: float | None = None) -> np.ndarray:
+    """Map an (H, W) float map to uint8 (H, W, 3) with the ramp above (high values bright).
+
+    The range defaults to the 2nd..98th percentile of the valid pixels (robust to outliers); invalid
+    pixels (non-finite, or False in ``valid``) are black. Pass inverse depth for depth maps so near
+    surfaces are bright, as for disparity.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise InputError(f"colorize expects an (H, W) map, got shape {values.shape}")
+    ok = np.isfinite(values) if valid is None else (np.asarray(valid, bool) & np.isfinite(values))
+    if ok.any():
+        p_lo, p_hi = np.percentile(values[ok], [2.0, 98.0])
+        lo = p_lo if lo is None else lo
+        hi = p_hi if hi is None else hi
+    else:
+        lo, hi = 0.0, 1.0
+    span = hi - lo if hi > lo else 1.0
+    index = np.clip(np.nan_to_num((values - lo) / span, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out = _RAMP_LUT[index]
+    out[~ok] = 0
+    return out

@@ -1,0 +1,282 @@
+"""Simulated LiDAR scan of a depth map (or any mesh), projected into the camera as KITTI-style sparse depth.
+
+Frames: camera = OpenCV (x right, y down, z forward); LiDAR = Velodyne (x forward, y left, z up).
+`pose` is camera_from_lidar (4x4): X_cam = pose @ X_lidar. Output sparse depth is z-depth in the camera
+(float32 metres, 0 = no return), like KITTI's velodyne_raw before its uint16 * 256 quantisation.
+
+Pipeline: depth -> DepthGrid/mesh -> beam directions from the sensor (only the azimuth/elevation sector
+that can land in the image) -> first hits (tasks.raycast backend) -> range limits, drops (random,
+grazing incidence, far range; seeded) and Gaussian range noise (seeded) -> points in the camera frame ->
+projection with a z-buffer (nearest return wins per pixel).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trimesh
+
+from tasks.errors import GeometryError
+from tasks.mesh import DepthGrid, MeshOptions, background_layer, depth_to_grid, validate_depth_and_K
+from tasks.provenance import derive_seed
+from tasks.raycast import BACKENDS, cast_hits
+from tasks.sensors import SensorProfile, load_profile
+
+# LiDAR axes expressed in the camera frame: x_l (forward) = z_c, y_l (left) = -x_c, z_l (up) = -y_c.
+CAM_FROM_LIDAR_AXES = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
+SECTOR_MARGIN_DEG = 1.0
+
+
+@dataclass
+class LidarScan:
+    """One simulated scan. sparse: (H, W) float32 z-depth metres, 0 = no return; pose: (4, 4) float32
+    camera_from_lidar; points_cam: (N, 3) float32 returns in the camera frame after noise and drops
+    (including those outside the image); ring: (N,) int16 beam / laser index; stats: JSON-able counts."""
+
+    sparse: np.ndarray
+    pose: np.ndarray
+    points_cam: np.ndarray
+    ring: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def _profile(profile: SensorProfile | str | Path) -> SensorProfile:
+    return profile if isinstance(profile, SensorProfile) else load_profile(profile)
+
+
+def _rotation_xyz(roll: float, pitch: float, yaw: float) -> np.ndarray:
+    """Rz(yaw) @ Ry(pitch) @ Rx(roll), angles in degrees, right-handed about the LiDAR's own axes."""
+    r, p, y = np.radians([roll, pitch, yaw])
+    rx = np.array([[1, 0, 0], [0, np.cos(r), -np.sin(r)], [0, np.sin(r), np.cos(r)]])
+    ry = np.array([[np.cos(p), 0, np.sin(p)], [0, 1, 0], [-np.sin(p), 0, np.cos(p)]])
+    rz = np.array([[np.cos(y), -np.sin(y), 0], [np.sin(y), np.cos(y), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def sensor_pose(profile: SensorProfile | str | Path, *, seed: int, jitter: bool = True) -> np.ndarray:
+    """camera_from_lidar (4x4 float32) from the profile's mount, with seeded uniform jitter when asked."""
+    profile = _profile(profile)
+    mount = profile.mount
+    t = np.asarray(mount["translation_m"], dtype=np.float64)
+    rot = np.asarray(mount["rotation_deg"], dtype=np.float64)
+    if jitter:
+        rng = np.random.default_rng(derive_seed(seed, "lidar-mount"))
+        t = t + rng.uniform(-1.0, 1.0, 3) * mount["jitter_translation_m"]
+        rot = rot + rng.uniform(-1.0, 1.0, 3) * mount["jitter_rotation_deg"]
+    pose = np.eye(4)
+    pose[:3, :3] = CAM_FROM_LIDAR_AXES @ _rotation_xyz(*rot)
+    pose[:3, 3] = t
+    return pose.astype(np.float32)
+
+
+def _check_pose(pose: np.ndarray) -> np.ndarray:
+    pose = np.asarray(pose, dtype=np.float64)
+    if pose.shape != (4, 4) or not np.isfinite(pose).all():
+        raise GeometryError(f"pose must be a finite 4x4 camera_from_lidar matrix, got shape {pose.shape}")
+    rot = pose[:3, :3]
+    if not np.allclose(rot @ rot.T, np.eye(3), atol=1e-4) or not np.allclose(pose[3], (0, 0, 0, 1)):
+        raise GeometryError("pose must be a rigid transform (orthonormal rotation, last row 0 0 0 1)")
+    return pose
+
+
+def _image_sector(pose: np.ndarray, K: np.ndarray, height: int, width: int) -> tuple[float, float, float, float]:
+    """(azimuth centre, azimuth half-width, min elevation, max elevation) in degrees, LiDAR frame, of the
+    directions from the LiDAR origin to image-border points at 1 m .. 1 km depth."""
+    n = 17
+    us = np.linspace(-0.5, width - 0.5, n)
+    vs = np.linspace(-0.5, height - 0.5, n)
+    border = np.concatenate([np.stack([us, np.full(n, vs[0])], 1), np.stack([us, np.full(n, vs[-1])], 1),
+                             np.stack([np.full(n, us[0]), vs], 1), np.stack([np.full(n, us[-1]), vs], 1)])
+    rays = np.concatenate([border, np.ones((len(border), 1))], 1) @ np.linalg.inv(K).T
+    depths = np.array([1.0, 3.0, 10.0, 100.0, 1000.0])
+    pts = (rays[None] * depths[:, None, None]).reshape(-1, 3)
+    rot, t = pose[:3, :3], pose[:3, 3]
+    pl = (pts - t) @ rot                       # LiDAR-frame coordinates
+    centre_l = (np.array([0.0, 0.0, 10.0]) - t) @ rot
+    az_c = np.degrees(np.arctan2(centre_l[1], centre_l[0]))
+    az = np.degrees(np.arctan2(pl[:, 1], pl[:, 0]))
+    rel = (az - az_c + 180.0) % 360.0 - 180.0
+    el = np.degrees(np.arctan2(pl[:, 2], np.hypot(pl[:, 0], pl[:, 1])))
+    return float(az_c), float(np.abs(rel).max()), float(el.min()), float(el.max())
+
+
+def _rosette(pattern: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Non-repetitive rosette (Risley-prism pair): the deflection is a weighted sum of counter-rotating unit
+    circles; incommensurate rates never close the curve, and a seeded start time makes frames differ."""
+    lasers = pattern["lasers"]
+    per = int(np.ceil(pattern["points_per_frame"] / lasers))
+    t = rng.uniform(0.0, 1.0e4) + np.arange(per) * (pattern["frame_time_s"] / per)
+    az, el, ring = [], [], []
+    for laser in range(lasers):
+        x = np.zeros(per)
+        y = np.zeros(per)
+        for k, (rate, w) in enumerate(zip(pattern["prism_rates_hz"], pattern["prism_weights"])):
+            phase = 2 * np.pi * rate * t + (2 * np.pi * laser / lasers if k == 0 else 0.0)
+            x += w * np.cos(phase)
+            y += w * np.sin(phase)
+        az.append(x * pattern["fov_deg"][0] / 2)
+        el.append(y * pattern["fov_deg"][1] / 2)
+        ring.append(np.full(per, laser))
+    return np.concatenate(az), np.concatenate(el), np.concatenate(ring)
+
+
+def beam_directions(profile: SensorProfile | str | Path, pose: np.ndarray, K: np.ndarray, height: int,
+                    width: int, *, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rays of one scan that can land in the image: (origins (N,3), unit dirs (N,3)) float64 in the camera
+    frame and ring (N,) int16. Spinning sensors fire every azimuth_step_deg from a seeded phase; only the
+    azimuth/elevation sector seen by the image (plus a margin) is kept."""
+    profile = _profile(profile)
+    pose = _check_pose(pose)
+    K = np.asarray(K, dtype=np.float64)
+    rng = np.random.default_rng(derive_seed(seed, "lidar-rays"))
+    az_c, half, el_lo, el_hi = _image_sector(pose, K, int(height), int(width))
+    if profile.pattern is not None:
+        az, el, ring = _rosette(profile.pattern, rng)
+        margin = SECTOR_MARGIN_DEG
+    else:
+        step = profile.azimuth_step_deg
+        margin = SECTOR_MARGIN_DEG + 2 * step
+        phase = rng.uniform(0.0, step)
+        if half + margin >= 180.0:
+            k = np.arange(int(np.floor(360.0 / step)))
+        else:
+            k = np.arange(np.ceil((az_c - half - margin - phase) / step), np.floor((az_c + half + margin - phase) / step) + 1)
+        cols = phase + k * step
+        beams = np.nonzero((profile.elevations_deg >= el_lo - margin) & (profile.elevations_deg <= el_hi + margin))[0]
+        el = np.repeat(profile.elevations_deg[beams], len(cols))
+        az = np.tile(cols, len(beams))
+        ring = np.repeat(beams, len(cols))
+    rel = (az - az_c + 180.0) % 360.0 - 180.0
+    keep = (np.abs(rel) <= half + margin) & (el >= el_lo - margin) & (el <= el_hi + margin)
+    az, el, ring = np.radians(az[keep]), np.radians(el[keep]), ring[keep]
+    d_lidar = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=1)
+    dirs = d_lidar @ pose[:3, :3].T
+    origins = np.broadcast_to(pose[:3, 3], dirs.shape).copy()
+    return origins, dirs, ring.astype(np.int16)
+
+
+def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.ndarray) -> np.ndarray:
+    drop = profile.drop
+    p = np.full(ranges.shape, drop["random"])
+    g = drop["grazing_deg"]
+    if g < 90.0 and drop["grazing_max"] > 0:
+        inc = np.degrees(np.arccos(np.clip(cos_inc, 0.0, 1.0)))
+        p = 1 - (1 - p) * (1 - drop["grazing_max"] * np.clip((inc - g) / (90.0 - g), 0.0, 1.0))
+    f0 = drop["far_start_m"]
+    if f0 < profile.max_range_m and drop["far_max"] > 0:
+        p = 1 - (1 - p) * (1 - drop["far_max"] * np.clip((ranges - f0) / (profile.max_range_m - f0), 0.0, 1.0))
+    return p
+
+
+def project_points(points_cam: np.ndarray, K: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int]:
+    """Z-buffered projection (nearest z wins per pixel) -> ((H, W) float32 sparse depth, points in image)."""
+    sparse = np.zeros((height, width), dtype=np.float32)
+    z = points_cam[:, 2]
+    front = z > 1e-6
+    p, z = points_cam[front], z[front]
+    u = np.rint((K[0, 0] * p[:, 0] + K[0, 1] * p[:, 1]) / z + K[0, 2])
+    v = np.rint(K[1, 1] * p[:, 1] / z + K[1, 2])
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+    lin = v[inside].astype(np.int64) * width + u[inside].astype(np.int64)
+    z = z[inside]
+    order = np.lexsort((z, lin))                  # by pixel, then nearest first: deterministic ties
+    lin, z = lin[order], z[order]
+    first = np.ones(len(lin), dtype=bool)
+    first[1:] = lin[1:] != lin[:-1]
+    sparse.reshape(-1)[lin[first]] = z[first]
+    return sparse, int(inside.sum())
+
+
+def _scan(scene, backend: str, K: np.ndarray, height: int, width: int, profile: SensorProfile,
+          pose: np.ndarray, seed: int, extra_stats: dict[str, Any]) -> LidarScan:
+    origins, dirs, ring = beam_directions(profile, pose, K, height, width, seed=seed)
+    ranges, normals = cast_hits(backend, scene, origins, dirs)
+    hit = np.isfinite(ranges)
+    in_range = hit & (ranges >= profile.min_range_m) & (ranges <= profile.max_range_m)
+    rng = np.random.default_rng(derive_seed(seed, "lidar-returns"))
+    noise = rng.normal(0.0, 1.0, len(ranges)) * profile.range_noise_std_m
+    u = rng.uniform(0.0, 1.0, len(ranges))
+    cos_inc = np.abs(np.einsum("ij,ij->i", normals, dirs))
+    p_drop = _drop_probability(profile, np.where(in_range, ranges, 0.0), cos_inc)
+    kept = in_range & (u >= p_drop)
+    r = ranges[kept] + noise[kept]
+    kept_idx = np.nonzero(kept)[0][r > 0]
+    r = r[r > 0]
+    points = origins[kept_idx] + r[:, None] * dirs[kept_idx]
+    sparse, in_image = project_points(points, K, height, width)
+    n_valid = int(np.count_nonzero(sparse))
+    stats = {
+        "backend": backend,
+        "sensor": profile.name,
+        "rays": int(len(ranges)),
+        "hits": int(hit.sum()),
+        "in_range": int(in_range.sum()),
+        "dropped": int(in_range.sum() - kept.sum()),
+        "returns": int(len(kept_idx)),
+        "in_image": in_image,
+        "pixels": n_valid,
+        "density": n_valid / float(height * width),
+        **extra_stats,
+    }
+    return LidarScan(sparse=sparse, pose=pose.astype(np.float32), points_cam=points.astype(np.float32),
+                     ring=ring[kept_idx].astype(np.int16), stats=stats)
+
+
+def simulate_lidar(depth: np.ndarray, K: np.ndarray, profile: SensorProfile | str | Path, *, seed: int,
+                   backend: str = "fast", mesh_options: MeshOptions = MeshOptions(), see_through: bool = False,
+                   pose: np.ndarray | None = None, see_through_px: int = 32) -> LidarScan:
+    """Scan the surface of a z-depth map (0 = sky/invalid) with a LiDAR profile and project into the image.
+
+    seed drives the mount jitter (when `pose` is None), the azimuth phase / rosette start, drops and noise.
+    backend: "fast" (grid marching, default), "embree" (BVH reference) or "pyrender" (rasterised).
+
+    see_through=False: the single-view mesh is the only geometry. The camera cannot see the background
+    behind a foreground object, so the cut at its silhouette leaves a hole; a LiDAR ray from the sensor's
+    other viewpoint that passes through the hole finds nothing there.
+    see_through=True: a second, hidden surface continues the background behind every cut silhouette for
+    up to `see_through_px` grid cells, at the depth of the nearest background vertex
+    (tasks.mesh.background_layer). Rays through the hole now return from that hidden background, and
+    those returns, projected into the camera, land on the foreground object's pixels wherever no
+    foreground return took that pixel in the z-buffer - the "see-through" points of real KITTI
+    velodyne_raw, which come from the LiDAR being mounted above and behind the camera.
+    """
+    profile = _profile(profile)
+    depth, K = validate_depth_and_K(depth, K)
+    if backend not in BACKENDS:
+        raise GeometryError(f"unknown ray-cast backend {backend!r}; known: {', '.join(BACKENDS)}")
+    pose = sensor_pose(profile, seed=seed, jitter=True) if pose is None else _check_pose(pose)
+    pose = np.asarray(pose, dtype=np.float64)
+    grid = depth_to_grid(depth, K, mesh_options)
+    if grid.n_faces == 0:
+        raise GeometryError(
+            f"depth map of shape {depth.shape} has no surface to scan (no triangle with depth in "
+            f"[{mesh_options.min_depth_m}, {mesh_options.max_depth_m}] m passing the discontinuity cut)"
+        )
+    layers: list[DepthGrid] = [grid]
+    if see_through:
+        layers.append(background_layer(grid, mesh_options, int(see_through_px)))
+    scene = layers if backend == "fast" else [g.to_mesh() for g in layers]
+    extra = {"mesh_faces": grid.n_faces, "see_through": bool(see_through)}
+    return _scan(scene, backend, K, depth.shape[0], depth.shape[1], profile, pose, seed, extra)
+
+
+def simulate_lidar_on_mesh(mesh: trimesh.Trimesh, K: np.ndarray, height: int, width: int,
+                           profile: SensorProfile | str | Path, *, seed: int, backend: str = "embree",
+                           pose: np.ndarray | None = None) -> LidarScan:
+    """The same scan on any mesh given in the camera frame (e.g. a procedural scene's true geometry)."""
+    profile = _profile(profile)
+    K = np.asarray(K, dtype=np.float64)
+    _, K = validate_depth_and_K(np.zeros((2, 2)), K)
+    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
+        raise GeometryError("simulate_lidar_on_mesh needs a non-empty trimesh.Trimesh")
+    if backend == "fast":
+        raise GeometryError("the 'fast' backend needs a depth grid; use 'embree' or 'pyrender' for a mesh")
+    if backend not in BACKENDS:
+        raise GeometryError(f"unknown ray-cast backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if int(height) < 1 or int(width) < 1:
+        raise GeometryError(f"image size must be positive, got {height}x{width}")
+    pose = sensor_pose(profile, seed=seed, jitter=True) if pose is None else _check_pose(pose)
+    pose = np.asarray(pose, dtype=np.float64)
+    return _scan(mesh, backend, K, int(height), int(width), profile, pose, seed, {"mesh_faces": int(len(mesh.faces))})

@@ -1,0 +1,241 @@
+"""Depth map -> triangle mesh (single-view "2.5D" surface), camera frame (OpenCV: x right, y down, z forward).
+
+A depth map seen from one camera is a height field over the image grid: vertex (i, j) is pixel centre
+(u = j * stride, v = i * stride) back-projected to its z-depth. Each 2x2 block of vertices gives two
+triangles sharing the top-right/bottom-left diagonal:
+
+    a=(i,j) ---- b=(i,j+1)        triangle 0: (a, c, b)
+      |        /    |             triangle 1: (b, c, e)
+    c=(i+1,j) -- e=(i+1,j+1)      both wound so their normals face the camera.
+
+A triangle is kept only when all three vertices are valid (min_depth_m <= z <= max_depth_m; 0 = sky /
+invalid) and max(z) / min(z) <= ratio_threshold. The ratio rule cuts foreground/background
+discontinuities without deleting a far, steeply receding road (an absolute depth-gradient threshold
+would, since the road's depth step between rows grows with distance squared).
+
+`DepthGrid` is the canonical form; `depth_to_mesh` turns it into a `trimesh.Trimesh` with exactly the
+same triangles, so the grid-marching ray caster ("fast") and the BVH casters ("embree", "pyrender") see
+the same surface.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+import trimesh
+
+from tasks.errors import GeometryError
+
+
+@dataclass(frozen=True)
+class MeshOptions:
+    """How a depth map becomes a mesh.
+
+    max_depth_m: vertices farther than this are invalid (sky / far clutter the teacher cannot place).
+    ratio_threshold: a triangle whose vertex depths satisfy max/min > ratio_threshold spans a depth
+        discontinuity (object edge) and is cut. 1.2 keeps a road receding to 80 m at KITTI resolution
+        (adjacent rows differ by < 10 % there) while cutting car/pole silhouettes.
+    stride: use every stride-th pixel as a vertex (1 = full resolution).
+    min_depth_m: vertices nearer than this are invalid (must be > 0 so the ratio test is defined).
+    """
+
+    max_depth_m: float = 120.0
+    ratio_threshold: float = 1.2
+    stride: int = 1
+    min_depth_m: float = 0.1
+
+    def validate(self) -> None:
+        if not (np.isfinite(self.min_depth_m) and self.min_depth_m > 0):
+            raise GeometryError(f"MeshOptions.min_depth_m must be > 0, got {self.min_depth_m}")
+        if not (np.isfinite(self.max_depth_m) and self.max_depth_m > self.min_depth_m):
+            raise GeometryError(
+                f"MeshOptions.max_depth_m must be > min_depth_m ({self.min_depth_m}), got {self.max_depth_m}"
+            )
+        if not (np.isfinite(self.ratio_threshold) and self.ratio_threshold >= 1.0):
+            raise GeometryError(f"MeshOptions.ratio_threshold must be >= 1, got {self.ratio_threshold}")
+        if int(self.stride) != self.stride or self.stride < 1:
+            raise GeometryError(f"MeshOptions.stride must be a positive integer, got {self.stride}")
+
+
+@dataclass(frozen=True, eq=False)
+class DepthGrid:
+    """Vertex depths on a regular pixel grid plus which of its triangles survive.
+
+    depth: (Hg, Wg) float64 z-depth of each vertex (0 where invalid).
+    tri_ok: (2, Hg-1, Wg-1) bool, triangle 0 / 1 of each cell (see module docstring).
+    K: (3, 3) float64 intrinsics of the image the grid was built from; stride: pixel step between vertices.
+    image_size: (height, width) of that image.
+    """
+
+    depth: np.ndarray
+    tri_ok: np.ndarray
+    K: np.ndarray
+    stride: int
+    image_size: tuple[int, int]
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def n_faces(self) -> int:
+        if "n_faces" not in self._cache:
+            self._cache["n_faces"] = int(np.count_nonzero(self.tri_ok))
+        return self._cache["n_faces"]
+
+    def vertices(self) -> np.ndarray:
+        """(Hg*Wg, 3) float64 back-projected vertices, row-major over the grid (invalid ones at z=0)."""
+        hg, wg = self.depth.shape
+        v, u = np.mgrid[0:hg, 0:wg].astype(np.float64) * self.stride
+        rays = np.stack([u, v, np.ones_like(u)], axis=-1) @ np.linalg.inv(self.K).T
+        return (rays * self.depth[..., None]).reshape(-1, 3)
+
+    def faces(self) -> np.ndarray:
+        """(F, 3) int64 vertex indices of the surviving triangles, triangle 0 of every cell first."""
+        wg = self.depth.shape[1]
+        out = []
+        for kind in (0, 1):
+            i, j = np.nonzero(self.tri_ok[kind])
+            a = i * wg + j
+            b, c, e = a + 1, a + wg, a + wg + 1
+            out.append(np.stack([a, c, b], axis=1) if kind == 0 else np.stack([b, c, e], axis=1))
+        return np.concatenate(out).astype(np.int64)
+
+    def to_mesh(self) -> trimesh.Trimesh:
+        """The same triangles as a Trimesh, unreferenced vertices removed (process=False keeps order)."""
+        faces = self.faces()
+        verts = self.vertices()
+        used = np.zeros(len(verts), dtype=bool)
+        used[faces.ravel()] = True
+        remap = np.cumsum(used) - 1
+        return trimesh.Trimesh(vertices=verts[used], faces=remap[faces], process=False)
+
+
+def validate_depth_and_K(depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return (depth float64 2-D, K float64 3x3) or raise GeometryError saying what is wrong."""
+    depth = np.asarray(depth)
+    if depth.ndim != 2 or depth.shape[0] < 2 or depth.shape[1] < 2:
+        raise GeometryError(f"depth must be a 2-D array of at least 2x2, got shape {depth.shape}")
+    if not np.issubdtype(depth.dtype, np.number):
+        raise GeometryError(f"depth must be numeric, got dtype {depth.dtype}")
+    depth = depth.astype(np.float64, copy=False)
+    if not np.isfinite(depth).all():
+        raise GeometryError(f"depth has {int((~np.isfinite(depth)).sum())} non-finite values (NaN/inf)")
+    if (depth < 0).any():
+        raise GeometryError(f"depth has {int((depth < 0).sum())} negative values (use 0 for no surface)")
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise GeometryError(f"K must be 3x3, got shape {K.shape}")
+    if not np.isfinite(K).all():
+        raise GeometryError("K has non-finite entries")
+    if K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise GeometryError(f"K must have positive focal lengths, got fx={K[0, 0]}, fy={K[1, 1]}")
+    if K[1, 0] != 0 or not np.allclose(K[2], (0.0, 0.0, 1.0)):
+        raise GeometryError(f"K must be a pinhole matrix [[fx,s,cx],[0,fy,cy],[0,0,1]], got {K.tolist()}")
+    return depth, K
+
+
+@numba.njit(cache=True, nogil=True)
+def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float) -> np.ndarray:
+    # One pass over the cells; numba because the numpy version needs ~20 full-image temporaries and
+    # this runs once per simulated scan inside the 20 ms budget.
+    hg, wg = d.shape
+    ok = np.zeros((2, hg - 1, wg - 1), dtype=np.bool_)
+    for i in range(hg - 1):
+        for j in range(wg - 1):
+            a = d[i, j]
+            b = d[i, j + 1]
+            c = d[i + 1, j]
+            e = d[i + 1, j + 1]
+            va = zmin <= a <= zmax
+            vb = zmin <= b <= zmax
+            vc = zmin <= c <= zmax
+            ve = zmin <= e <= zmax
+            if va and vb and vc:
+                lo = min(a, min(b, c))
+                hi = max(a, max(b, c))
+                ok[0, i, j] = hi <= ratio * lo
+            if vb and vc and ve:
+                lo = min(e, min(b, c))
+                hi = max(e, max(b, c))
+                ok[1, i, j] = hi <= ratio * lo
+    return ok
+
+
+def depth_to_grid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshOptions()) -> DepthGrid:
+    """Validate inputs and decide which triangles of the depth map's grid survive (see module docstring)."""
+    options.validate()
+    depth, K = validate_depth_and_K(depth, K)
+    s = int(options.stride)
+    d = np.ascontiguousarray(depth[::s, ::s])
+    if d.shape[0] < 2 or d.shape[1] < 2:
+        raise GeometryError(f"stride {s} leaves fewer than 2x2 vertices for depth of shape {depth.shape}")
+    ok = _triangle_mask(d, float(options.min_depth_m), float(options.max_depth_m), float(options.ratio_threshold))
+    # vertex depths outside the valid range are never referenced; zero them so the grid says so
+    d = np.where((d >= options.min_depth_m) & (d <= options.max_depth_m), d, 0.0)
+    return DepthGrid(depth=d, tri_ok=ok, K=K, stride=s, image_size=(int(depth.shape[0]), int(depth.shape[1])))
+
+
+def depth_to_mesh(
+    depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshOptions(), *, require_nonempty: bool = False
+) -> trimesh.Trimesh:
+    """Back-project pixel centres, two triangles per 2x2 block, cut invalid/far/discontinuous triangles.
+
+    Raises GeometryError on non-finite/negative depth, bad K, bad options, or (require_nonempty) no triangle.
+    """
+    grid = depth_to_grid(depth, K, options)
+    if require_nonempty and grid.n_faces == 0:
+        raise GeometryError(
+            f"depth map of shape {np.shape(depth)} gives an empty mesh (no valid surface in "
+            f"[{options.min_depth_m}, {options.max_depth_m}] m)"
+        )
+    return grid.to_mesh()
+
+
+def background_layer(grid: DepthGrid, options: MeshOptions, width_px: int) -> DepthGrid:
+    """A second surface that continues the background up to `width_px` grid cells behind foreground edges.
+
+    Seeds are the far-side vertices of every cut edge (4-neighbours both valid, depth ratio above the
+    threshold). Each valid vertex within `width_px` of a seed that lies in front of it (seed depth >
+    ratio * own depth) gets the seed's depth: the background is extended at constant depth under the
+    foreground silhouette. Seeds keep their own depth so the layer joins the visible background. The layer
+    is triangulated with the same rules; it is hidden from the camera by construction, but a sensor at
+    another viewpoint (the LiDAR above and behind the camera) can see it through the cut.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    d = grid.depth
+    r = options.ratio_threshold
+    valid = d > 0
+    seeds = np.zeros_like(valid)
+    for ax in (0, 1):
+        n = d.shape[ax] - 1
+        p = np.take(d, np.arange(n), axis=ax)
+        q = np.take(d, np.arange(1, n + 1), axis=ax)
+        both = (p > 0) & (q > 0)
+        cut_far_q = both & (q > r * p)
+        cut_far_p = both & (p > r * q)
+        if ax == 0:
+            seeds[1:][cut_far_q] = True
+            seeds[:-1][cut_far_p] = True
+        else:
+            seeds[:, 1:][cut_far_q] = True
+            seeds[:, :-1][cut_far_p] = True
+    layer = np.zeros_like(d)
+    if seeds.any():
+        dist, (ii, jj) = distance_transform_edt(~seeds, return_indices=True)
+        bg = d[ii, jj]
+        extend = valid & (dist <= width_px) & (bg > r * d)
+        layer = np.where(extend | seeds, np.where(seeds, d, bg), 0.0)
+    ok = _triangle_mask(layer, float(options.min_depth_m), float(options.max_depth_m), float(r))
+    return DepthGrid(depth=layer, tri_ok=ok, K=grid.K, stride=grid.stride, image_size=grid.image_size)
+
+
+def export_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:
+    """Write the mesh as .ply (binary) or .glb, chosen by the file suffix."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".ply", ".glb"):
+        raise GeometryError(f"{path}: mesh export supports .ply and .glb, not {suffix or 'no suffix'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mesh.export(path, file_type=suffix[1:])
+    return path

@@ -1,0 +1,151 @@
+"""The embedded teacher: network shapes, SSI loss, deterministic training, ONNX export, the shipped model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.embedded_teacher import (DepthNetSmall, align_scale_shift, aligned_depth_metrics, count_parameters,
+                                    export_teacher_onnx, ground_plane_disparity, ssi_disparity_loss,
+                                    train_network)
+
+SHIPPED = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
+
+torch.set_num_threads(2)
+
+
+def test_network_takes_any_multiple_of_14_and_is_small():
+    net = DepthNetSmall().eval()
+    assert count_parameters(net) <= 5_000_000
+    with torch.no_grad():
+        for h, w in ((70, 98), (196, 266), (42, 644)):
+            out = net(torch.zeros(2, 3, h, w))
+            assert out.shape == (2, h, w)
+            assert (out >= 0).all()  # disparity
+
+
+def test_alignment_recovers_scale_and_shift_and_loss_ignores_them():
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 20, 30, generator=g) + 0.1
+    pred = 2.5 * target - 0.7
+    torch.testing.assert_close(align_scale_shift(pred, target, torch.ones_like(target, dtype=torch.bool)), target)
+    assert float(ssi_disparity_loss(pred, target)) < 1e-4
+    noisy = torch.rand(3, 20, 30, generator=g)
+    assert float(ssi_disparity_loss(noisy, target)) > 0.1
+    # The mask decides which pixels count: garbage outside it does not change the loss.
+    mask = torch.zeros_like(target, dtype=torch.bool)
+    mask[:, :10] = True
+    corrupted = torch.where(mask, pred, torch.full_like(pred, 100.0))
+    assert float(ssi_disparity_loss(corrupted, target, mask)) < 1e-4
+
+
+def test_aligned_metrics_and_ground_plane_baseline():
+    h, w = 60, 80
+    disp = ground_plane_disparity(h, w)
+    assert disp.shape == (h, w) and (disp[: h // 2] == disp[0, 0]).all() and disp[-1, 0] > disp[h // 2 + 1, 0]
+    # A depth map that IS an affine disparity of the guess (a flat ground) is recovered exactly.
+    gt = np.where(np.arange(h)[:, None] > h // 2 + 1, 1.0 / (0.3 * disp + 0.001), 0.0).repeat(w, 1)
+    m = aligned_depth_metrics(disp, gt, max_depth=1e6)
+    assert m["abs_rel"] < 1e-6 and m["delta1"] == 1.0
+    with pytest.raises(ValueError, match="valid"):
+        aligned_depth_metrics(disp, np.zeros((h, w)))
+
+
+def _toy_groups(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    rgb = rng.integers(0, 255, (4, 28, 56, 3), dtype=np.uint8)
+    disp = rng.random((4, 28, 56)).astype(np.float32)
+    return [(rgb, disp)]
+
+
+def test_training_is_deterministic_without_a_time_budget():
+    a, info = train_network(_toy_groups(), steps=3, seed=5, batch=2, crop_width=42, threads=1, log=lambda m: None)
+    b, _ = train_network(_toy_groups(), steps=3, seed=5, batch=2, crop_width=42, threads=1, log=lambda m: None)
+    assert info["steps"] == 3
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name
+
+
+def test_export_writes_da_v2_convention_with_metadata(tmp_path):
+    import onnx
+
+    from model.teacher import Teacher
+
+    out = tmp_path / "t.onnx"
+    info = export_teacher_onnx(DepthNetSmall(), out, short_side=56, check_size=(42, 70))
+    assert info["ort_vs_torch_rel_err"] < 1e-3
+    proto = onnx.load(str(out))
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["monolidar.output_kind"] == "disparity" and meta["monolidar.short_side"] == "56"
+    assert [i.name for i in proto.graph.input] == ["pixel_values"]
+    assert [o.name for o in proto.graph.output] == ["predicted_depth"]
+    teacher = Teacher(out, threads=1)
+    assert teacher.short_side == 56 and teacher.output_kind == "disparity"
+    pred = teacher.predict(np.zeros((1, 50, 90, 3), np.uint8))
+    assert pred.shape == (1, 50, 90) and np.isfinite(pred).all()
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    from flows.cli import main
+
+    assert main(["train-teacher", "--scenes", "0"]) == 2
+    assert "--scenes must be >= 1" in capsys.readouterr().err
+    assert main(["train-teacher", "--short-side", "200"]) == 2
+    assert "multiple of 14" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------- shipped model
+def test_shipped_model_is_small_and_loads_through_teacher():
+    import onnx
+    from onnx import numpy_helper
+
+    from model.teacher import Teacher, default_teacher_path
+
+    assert default_teacher_path() == SHIPPED
+    assert SHIPPED.stat().st_size <= 10_000_000
+    proto = onnx.load(str(SHIPPED))
+    n_params = sum(numpy_helper.to_array(t).size for t in proto.graph.initializer)
+    assert n_params <= 5_000_000
+    teacher = Teacher(threads=2)
+    assert teacher.output_kind == "disparity" and teacher.short_side % 14 == 0
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 120, 160, 3), dtype=np.uint8)
+    pred = teacher.predict(rgb)
+    assert pred.shape == (2, 120, 160) and pred.dtype == np.float32 and np.isfinite(pred).all()
+
+
+def test_shipped_model_beats_ground_plane_guess_on_kitti(kitti_gt_dir):
+    from PIL import Image
+
+    from model.teacher import Teacher
+
+    teacher = Teacher(threads=2)
+    ours, guess = [], []
+    for rgb_path in sorted((kitti_gt_dir / "rgb").glob("*.png")):
+        rgb = np.asarray(Image.open(rgb_path).convert("RGB"))
+        gt = np.asarray(Image.open(kitti_gt_dir / "depth" / rgb_path.name), np.float64) / 256.0
+        gt[gt > 80] = 0
+        ours.append(aligned_depth_metrics(teacher.predict(rgb[None])[0], gt)["abs_rel"])
+        guess.append(aligned_depth_metrics(ground_plane_disparity(*gt.shape), gt)["abs_rel"])
+    assert len(ours) == 2
+    assert np.mean(ours) < np.mean(guess)
+
+
+@pytest.mark.slow
+def test_train_teacher_flow_end_to_end(tmp_path, prefect_harness):
+    from flows.train_teacher import train_teacher
+    from model.teacher import Teacher
+
+    out = tmp_path / "teacher.onnx"
+    summary = train_teacher(out, n_scenes=4, epochs=1, seed=3, minutes=None, short_side=56,
+                            cache_dir=tmp_path / "cache", batch=2)
+    assert out.is_file() and summary["monolidar.train_steps"] == "2"
+    renders = sorted((tmp_path / "cache").rglob("*.npz"))
+    assert len(renders) == 4
+    # A retrain reuses the cached renders (same files, untouched).
+    mtimes = [p.stat().st_mtime_ns for p in renders]
+    train_teacher(out, n_scenes=4, epochs=1, seed=3, minutes=None, short_side=56, cache_dir=tmp_path / "cache",
+                  batch=2)
+    assert [p.stat().st_mtime_ns for p in renders] == mtimes
+    assert Teacher(out).predict(np.zeros((1, 60, 80, 3), np.uint8)).shape == (1, 60, 80)

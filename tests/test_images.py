@@ -1,0 +1,164 @@
+"""tasks.images: decoding, every rejection reason, canvas fitting and intrinsics."""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tasks.errors import InputError
+from tasks.images import fit_to_canvas, intrinsics_for_canvas, load_image
+
+
+def _encode(im: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _rgb(h: int = 24, w: int = 32) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([xx * 255 // max(w - 1, 1), yy * 255 // max(h - 1, 1), (xx + yy) % 256], -1).astype(np.uint8)
+
+
+def test_png_roundtrip_exact(tmp_path):
+    rgb = _rgb()
+    p = tmp_path / "a.png"
+    Image.fromarray(rgb).save(p)
+    out = load_image(p)
+    assert out.dtype == np.uint8 and out.shape == (24, 32, 3)
+    np.testing.assert_array_equal(out, rgb)
+    np.testing.assert_array_equal(load_image(p.read_bytes(), name="a.png"), rgb)
+
+
+def test_shared_natural_photo(shared_data):
+    out = load_image(shared_data / "natural" / "img01.jpg")
+    assert out.ndim == 3 and out.shape[2] == 3 and out.dtype == np.uint8
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="nope.jpg.*no such"):
+        load_image(tmp_path / "nope.jpg")
+
+
+def test_zero_byte(tmp_path):
+    p = tmp_path / "empty.jpg"
+    p.write_bytes(b"")
+    with pytest.raises(InputError, match="empty.jpg: zero-byte"):
+        load_image(p)
+
+
+def test_not_an_image(tmp_path):
+    p = tmp_path / "notes.jpg"
+    p.write_text("this is a text file, not a JPEG\n" * 10)
+    with pytest.raises(InputError, match="notes.jpg: not an image"):
+        load_image(p)
+
+
+def test_truncated_jpeg(tmp_path):
+    data = _encode(Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "JPEG")
+    p = tmp_path / "cut.jpg"
+    p.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.jpg: truncated"):
+        load_image(p)
+
+
+def test_truncated_png(tmp_path):
+    data = _encode(Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)), "PNG")
+    with pytest.raises(InputError, match="cut.png: truncated"):
+        load_image(data[: len(data) // 2], name="cut.png")
+
+
+def test_sixteen_bit_gray_png(tmp_path):
+    p = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(p)
+    with pytest.raises(InputError, match="deep.png: 16-bit"):
+        load_image(p)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def test_sixteen_bit_rgb_png_rejected_from_header():
+    # Pillow narrows 48-bit RGB PNGs to 8-bit "RGB"; the IHDR bit depth must still reject it.
+    h, w = 4, 5
+    raw = b"".join(b"\x00" + np.full((w, 3), 0x1234, dtype=">u2").tobytes() for _ in range(h))
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+           + _png_chunk(b"IDAT", zlib.compress(raw)) + _png_chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="rgb48.png: 16-bit"):
+        load_image(png, name="rgb48.png")
+
+
+@pytest.mark.parametrize("mode", ["L", "1", "LA"])
+def test_grayscale_rejected(mode):
+    im = Image.new(mode, (10, 6))
+    with pytest.raises(InputError, match=f"gray.png: grayscale image \\(mode {mode}\\)"):
+        load_image(_encode(im, "PNG"), name="gray.png")
+
+
+def test_too_large_checked_before_decoding():
+    # A 20000 x 20000 header with almost no data: the pixel limit must fire before decoding is attempted.
+    png = (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
+           + _png_chunk(b"IEND", b""))
+    with pytest.raises(InputError, match="huge.png: image too large"):
+        load_image(png, name="huge.png")
+    with pytest.raises(InputError, match="small-limit.png: image too large \\(32x24"):
+        load_image(_encode(Image.fromarray(_rgb()), "PNG"), name="small-limit.png", max_pixels=100)
+
+
+def test_palette_and_rgba_converted():
+    rgb = _rgb()
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    out = load_image(_encode(pal, "PNG"), name="pal.png")
+    np.testing.assert_array_equal(out, np.asarray(pal.convert("RGB")))
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 7, np.uint8)])
+    out = load_image(_encode(Image.fromarray(rgba), "PNG"), name="rgba.png")
+    np.testing.assert_array_equal(out, rgb)
+
+
+def test_exif_orientation_applied():
+    rgb = _rgb(20, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 CW to display
+    data = _encode(Image.fromarray(rgb), "PNG", exif=exif.tobytes())
+    out = load_image(data, name="rot.png")
+    assert out.shape == (30, 20, 3)
+    np.testing.assert_array_equal(out, np.rot90(rgb, k=-1))
+
+
+def test_fit_to_canvas_cover_and_centre_crop():
+    img = _rgb(100, 400)
+    canvas, scale, (ox, oy) = fit_to_canvas(img, 50, 100)
+    assert canvas.shape == (50, 100, 3) and canvas.dtype == np.uint8
+    assert scale == pytest.approx(0.5)  # height is the binding side: 100 -> 50, width 400 -> 200
+    assert (ox, oy) == (50, 0)
+    same, s1, off = fit_to_canvas(img, 100, 400)
+    np.testing.assert_array_equal(same, img)
+    assert s1 == 1.0 and off == (0, 0)
+
+
+def test_fit_to_canvas_upscale_and_geometry():
+    img = np.zeros((10, 10, 3), np.uint8)
+    img[:, 5:] = 255  # vertical edge in the middle stays in the middle of a wider canvas
+    canvas, scale, (ox, oy) = fit_to_canvas(img, 20, 40)
+    assert canvas.shape == (20, 40, 3) and scale == pytest.approx(4.0) and (ox, oy) == (0, 10)
+    assert canvas[:, :18].max() < 30 and canvas[:, 22:].min() > 225
+
+
+def test_fit_to_canvas_rejects_bad_input():
+    with pytest.raises(InputError):
+        fit_to_canvas(np.zeros((4, 4), np.uint8), 2, 2)
+    with pytest.raises(InputError):
+        fit_to_canvas(np.zeros((4, 4, 3), np.uint8), 0, 2)
+
+
+def test_intrinsics_for_canvas():
+    K = intrinsics_for_canvas(352, 1216, fx=721.5)
+    assert K.dtype == np.float32 and K.shape == (3, 3)
+    np.testing.assert_allclose(K, [[721.5, 0, 607.5], [0, 721.5, 175.5], [0, 0, 1]])
+    with pytest.raises(InputError):
+        intrinsics_for_canvas(10, 10, fx=-1.0)

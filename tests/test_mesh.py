@@ -1,0 +1,90 @@
+"""Depth map -> mesh: triangle layout, discontinuity cut, validation, export."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+
+from tasks.errors import GeometryError
+from tasks.mesh import MeshOptions, background_layer, depth_to_grid, depth_to_mesh, export_mesh
+
+K = np.array([[100.0, 0.0, 15.5], [0.0, 100.0, 9.5], [0.0, 0.0, 1.0]])
+
+
+def test_plane_gives_two_triangles_per_block_at_pixel_centres():
+    depth = np.full((20, 32), 5.0, dtype=np.float32)
+    mesh = depth_to_mesh(depth, K)
+    assert len(mesh.faces) == 2 * 19 * 31
+    assert len(mesh.vertices) == 20 * 32
+    uvw = mesh.vertices @ K.T
+    uv = uvw[:, :2] / uvw[:, 2:]
+    np.testing.assert_allclose(np.sort(np.unique(np.round(uv[:, 0], 9))), np.arange(32))
+    np.testing.assert_allclose(mesh.vertices[:, 2], 5.0)
+    assert (mesh.face_normals[:, 2] < 0).all(), "triangles must face the camera"
+
+
+def test_ratio_cut_removes_silhouette_but_keeps_receding_road():
+    depth = np.full((20, 32), 10.0)
+    depth[:, 16:] = 30.0                       # object edge: ratio 3
+    grid = depth_to_grid(depth, K)
+    assert not grid.tri_ok[:, :, 15].any() and grid.tri_ok[:, :, :15].all() and grid.tri_ok[:, :, 16:].all()
+    road = np.repeat(np.geomspace(80.0, 5.0, 20)[:, None], 32, axis=1)   # ~16 % per row: under 1.2
+    assert depth_to_grid(road, K).tri_ok.all()
+
+
+def test_sky_far_and_near_vertices_drop_their_triangles():
+    depth = np.full((10, 10), 5.0)
+    depth[0, 0] = 0.0
+    depth[9, 9] = 500.0
+    depth[5, 5] = 0.05
+    grid = depth_to_grid(depth, K, MeshOptions(max_depth_m=120.0, min_depth_m=0.1))
+    # a corner vertex belongs to 1 triangle; an interior vertex to 6
+    assert grid.n_faces == 2 * 9 * 9 - 1 - 1 - 6
+    assert grid.depth[0, 0] == 0 and grid.depth[9, 9] == 0
+
+
+def test_stride_and_grid_mesh_agree():
+    rng = np.random.default_rng(0)
+    depth = rng.uniform(5, 6, (21, 33))
+    mesh = depth_to_mesh(depth, K, MeshOptions(stride=2))
+    assert len(mesh.faces) == 2 * 10 * 16
+    grid = depth_to_grid(depth, K, MeshOptions(stride=2))
+    np.testing.assert_array_equal(grid.to_mesh().faces, mesh.faces)
+
+
+@pytest.mark.parametrize("depth, k, match", [
+    (np.array([[1.0, np.nan], [1.0, 1.0]]), K, "non-finite"),
+    (np.array([[1.0, -1.0], [1.0, 1.0]]), K, "negative"),
+    (np.ones((4, 4)), np.eye(4), "3x3"),
+    (np.ones((4, 4)), np.diag([0.0, 1.0, 1.0]), "focal"),
+    (np.ones(4), K, "2-D"),
+])
+def test_bad_input_raises_geometry_error(depth, k, match):
+    with pytest.raises(GeometryError, match=match):
+        depth_to_mesh(depth, k)
+
+
+def test_empty_mesh_when_required_raises():
+    assert len(depth_to_mesh(np.zeros((8, 8)), K).faces) == 0
+    with pytest.raises(GeometryError, match="empty mesh"):
+        depth_to_mesh(np.zeros((8, 8)), K, require_nonempty=True)
+    with pytest.raises(GeometryError, match="ratio_threshold"):
+        depth_to_mesh(np.ones((8, 8)), K, MeshOptions(ratio_threshold=0.5))
+
+
+def test_background_layer_continues_far_side_behind_the_edge():
+    depth = np.full((20, 32), 30.0)
+    depth[:, :10] = 10.0                        # foreground on the left
+    layer = background_layer(depth_to_grid(depth, K), MeshOptions(), width_px=4)
+    assert np.all(layer.depth[:, 6:10] == 30.0) and np.all(layer.depth[:, :6] == 0.0)
+    assert layer.n_faces > 0
+
+
+@pytest.mark.parametrize("suffix", [".ply", ".glb"])
+def test_export_roundtrip(tmp_path, suffix):
+    mesh = depth_to_mesh(np.full((6, 7), 3.0), K)
+    path = export_mesh(mesh, tmp_path / f"m{suffix}")
+    loaded = trimesh.load(path, force="mesh")
+    assert len(loaded.faces) == len(mesh.faces)
+    with pytest.raises(GeometryError, match=r"\.obj"):
+        export_mesh(mesh, tmp_path / "m.obj")

@@ -1,0 +1,399 @@
+"""Dataset store: round trips, crash safety, idempotence, manifest merge, Dataset + DataLoader, bad inputs."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage import manifest as mf
+from storage.store import ARRAYS, DatasetStore, sample_shape
+from tasks.errors import StoreError
+
+H, W, S = 12, 20, 4
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_arrays(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(1, 80, (n, H, W)).astype(np.float32)
+    sparse = np.where(rng.random((n, H, W)) < 0.1, np.rint(depth * 256), 0).astype(np.uint16)
+    K = np.tile(np.array([[50, 0, W / 2], [0, 50, H / 2], [0, 0, 1]], np.float32), (n, 1, 1))
+    pose = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+    pose[:, :3, 3] = rng.normal(size=(n, 3))
+    return {
+        "rgb": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+        "teacher_output": (1.0 / depth).astype(np.float16),
+        "depth": depth,
+        "sparse": sparse,
+        "K": K,
+        "lidar_pose": pose,
+    }
+
+
+def make_rows(shard: int, n: int, statuses: list[str] | None = None) -> list[dict]:
+    statuses = statuses or ["ok"] * n
+    return [
+        {
+            "sample_id": f"img{shard:02d}-{r}",
+            "source_uri": f"file:///photos/img{shard:02d}.jpg",
+            "content_hash": f"hash{shard}{r}",
+            "seed": 1000 * shard + r,
+            "status": st,
+            "reason": "" if st == "ok" else "unreadable image",
+            "lidar_points": 17 * r,
+            "lidar_density": 0.05,
+        }
+        for r, st in enumerate(statuses)
+    ]
+
+
+def new_store(path: Path, **kw) -> DatasetStore:
+    return DatasetStore.create(path, height=H, width=W, shard_size=S, config={"seed": 7}, teacher={"sha256": "abc"},
+                               sensor="hdl64", code_version="test", **kw)
+
+
+def tree_hashes(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name not in exclude
+    }
+
+
+def test_round_trip_every_array_bit_for_bit(tmp_path):
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(2)
+    full, partial = make_arrays(S, 1), make_arrays(3, 2)
+    info0 = store.write_shard(0, full, make_rows(0, S))
+    info1 = store.write_shard(1, partial, make_rows(1, 3, ["ok", "failed", "ok"]))
+    assert info0["n_rows"] == S and info0["n_ok"] == S
+    assert info1 == {"shard": 1, "n_rows": 3, "n_ok": 2, "manifest": str(tmp_path / "ds/manifest/shard-00001.parquet")}
+
+    reopened = DatasetStore.open(tmp_path / "ds")
+    for shard, arrays, n in ((0, full, S), (1, partial, 3)):
+        for r in range(n):
+            got = reopened.read_arrays(shard * S + r)
+            for name in ARRAYS:
+                assert got[name].dtype == ARRAYS[name][0]
+                assert got[name].shape == sample_shape(name, H, W)
+                assert got[name].tobytes() == arrays[name][r].tobytes(), (name, shard, r)
+    sample = reopened.read_sample(S + 2)
+    np.testing.assert_array_equal(sample["sparse"], partial["sparse"][2].astype(np.float32) / 256)
+    assert sample["sparse"].dtype == np.float32
+    assert sample["row"]["sample_id"] == "img01-2" and sample["row"]["index"] == S + 2
+    # padding rows of a partial shard stay at the fill value
+    assert not reopened.read_arrays(S + 3)["rgb"].any()
+    with pytest.raises(StoreError, match="shard 1 has only 3 rows"):
+        reopened.read_sample(S + 3)
+
+
+def test_attrs_and_exist_ok(tmp_path):
+    store = new_store(tmp_path / "ds")
+    assert store.attrs["teacher"] == {"sha256": "abc"} and store.attrs["sensor"] == "hdl64"
+    assert store.attrs["code_version"] == "test" and "created" in store.attrs
+    assert new_store(tmp_path / "ds", exist_ok=True).shard_size == S
+    with pytest.raises(StoreError, match="already exists"):
+        new_store(tmp_path / "ds")
+    with pytest.raises(StoreError, match="shard_size"):
+        DatasetStore.create(tmp_path / "ds", height=H, width=W, shard_size=8, config={}, teacher={}, sensor="x",
+                            code_version="t", exist_ok=True)
+
+
+def test_crash_after_first_array_leaves_shard_absent(tmp_path, monkeypatch):
+    from storage.dataset import CompletionDataset
+
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(3)
+    store.write_shard(0, make_arrays(S, 1), make_rows(0, S))
+    store.write_shard(1, make_arrays(S, 2), make_rows(1, S))
+
+    class Boom(RuntimeError):
+        pass
+
+    written = []
+    real = dict(store._arrays)
+
+    class CrashAfterFirst:
+        def __init__(self, name):
+            self.name = name
+            self.shape = real[name].shape
+
+        def __setitem__(self, key, value):
+            if written:
+                raise Boom("power cut")
+            real[self.name][key] = value
+            written.append(self.name)
+
+    monkeypatch.setattr(store, "_arrays", {n: CrashAfterFirst(n) for n in ARRAYS})
+    with pytest.raises(Boom):
+        store.write_shard(1, make_arrays(S, 99), make_rows(1, S))  # rewrite of a complete shard
+    written.clear()
+    with pytest.raises(Boom):
+        store.write_shard(2, make_arrays(S, 3), make_rows(2, S))  # a new shard
+
+    reader = DatasetStore.open(tmp_path / "ds")
+    assert reader.complete_shards() == [0]
+    assert reader.manifest().column("shard").to_pylist() == [0] * S
+    with pytest.raises(StoreError, match="not in a complete shard"):
+        reader.read_sample(S)
+    ds = CompletionDataset(tmp_path / "ds")
+    assert len(ds) == S and set(ds.indices.tolist()) == set(range(S))
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {repo!r})
+    from tests.test_storage import make_arrays, make_rows, new_store
+    from pathlib import Path
+    store = new_store(Path({path!r}))
+    store.ensure_shards(2)
+    store.write_shard(0, make_arrays(4, 1), make_rows(0, 4))
+    first = store._arrays["rgb"]
+
+    class Slow:
+        shape = first.shape
+
+        def __setitem__(self, key, value):
+            first[key] = value
+            print("mid-shard", flush=True)
+            time.sleep(60)
+
+    store._arrays["rgb"] = Slow()
+    store.write_shard(1, make_arrays(4, 2), make_rows(1, 4))
+    """
+)
+
+
+def test_process_killed_mid_write_leaves_store_readable(tmp_path):
+    path = tmp_path / "ds"
+    script = _KILL_SCRIPT.format(repo=str(REPO), path=str(path))
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert proc.stdout.readline().strip() == "mid-shard"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    reader = DatasetStore.open(path)
+    assert reader.complete_shards() == [0]
+    expected = make_arrays(4, 1)
+    assert reader.read_arrays(3)["depth"].tobytes() == expected["depth"][3].tobytes()
+    assert reader.manifest().num_rows == 4
+
+
+def test_rewrite_is_byte_identical(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path in (a, b):
+        store = new_store(path)
+        store.ensure_shards(2)
+        store.write_shard(0, make_arrays(S, 1), make_rows(0, S))
+        store.write_shard(1, make_arrays(2, 2), make_rows(1, 2, ["ok", "quarantined"]))
+    before = tree_hashes(a)
+    store = DatasetStore.open(a, mode="r+")
+    store.write_shard(1, make_arrays(2, 2), make_rows(1, 2, ["ok", "quarantined"]))
+    store.write_shard(0, make_arrays(S, 1), make_rows(0, S))
+    assert tree_hashes(a) == before
+    # a second store built from the same inputs holds the same bytes (only the group's created time differs)
+    assert tree_hashes(a, exclude=("zarr.json",)) == tree_hashes(b, exclude=("zarr.json",))
+    assert (a / "rgb/zarr.json").read_bytes() == (b / "rgb/zarr.json").read_bytes()
+
+
+def test_rewrite_with_fewer_rows_drops_old_rows(tmp_path):
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(1)
+    store.write_shard(0, make_arrays(S, 1), make_rows(0, S))
+    store.write_shard(0, make_arrays(2, 5), make_rows(0, 2))
+    assert store.manifest().num_rows == 2
+    assert not store.read_arrays(3)["depth"].any()
+
+
+def test_manifest_merges_shards_sorted_with_extra_columns(tmp_path):
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(3)
+    rows2 = make_rows(2, 2)
+    for r in rows2:
+        r["preprocess"] = "resize-518"
+    store.write_shard(2, make_arrays(2, 3), rows2)
+    store.write_shard(0, make_arrays(S, 1), make_rows(0, S, ["ok", "quarantined", "ok", "failed"]))
+    rows1 = make_rows(1, 1)
+    rows1[0].pop("lidar_points")
+    store.write_shard(1, make_arrays(1, 2), rows1)
+
+    table = store.manifest()
+    assert store.complete_shards() == [0, 1, 2]
+    assert table.column("index").to_pylist() == [0, 1, 2, 3, 4, 8, 9]
+    assert table.column("row").to_pylist() == [0, 1, 2, 3, 0, 0, 1]
+    assert table.column("status").to_pylist()[:4] == ["ok", "quarantined", "ok", "failed"]
+    assert table.column("preprocess").to_pylist() == [None] * 5 + ["resize-518"] * 2
+    assert table.column("lidar_points").to_pylist()[4] is None
+    assert table.column("sensor").to_pylist() == ["hdl64"] * 7
+    assert table.column("depth_max").null_count == 7
+    for field in mf.SCHEMA:
+        assert table.schema.field(field.name).type == field.type
+
+
+def test_manifest_rows_are_validated(tmp_path):
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(1)
+    arrays = make_arrays(1, 1)
+    bad_status = make_rows(0, 1)
+    bad_status[0]["status"] = "maybe"
+    with pytest.raises(StoreError, match="status 'maybe' is not one of ok, quarantined, failed"):
+        store.write_shard(0, arrays, bad_status)
+    missing = make_rows(0, 1)
+    del missing[0]["content_hash"]
+    with pytest.raises(StoreError, match="missing content_hash"):
+        store.write_shard(0, arrays, missing)
+    wrong_index = make_rows(0, 1)
+    wrong_index[0]["index"] = 5
+    with pytest.raises(StoreError, match="index=5 but the row sits at index=0"):
+        store.write_shard(0, arrays, wrong_index)
+    with pytest.raises(StoreError, match="array depth has shape"):
+        store.write_shard(0, {**arrays, "depth": arrays["depth"][:, :5]}, make_rows(0, 1))
+    with pytest.raises(StoreError, match="array sparse has dtype float32"):
+        store.write_shard(0, {**arrays, "sparse": arrays["depth"]}, make_rows(0, 1))
+    with pytest.raises(StoreError, match="not allocated"):
+        store.write_shard(1, arrays, make_rows(1, 1))
+    assert store.complete_shards() == []
+
+
+def test_open_errors_name_the_path(tmp_path):
+    with pytest.raises(StoreError, match=f"{tmp_path / 'nope'}: no such store"):
+        DatasetStore.open(tmp_path / "nope")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(StoreError, match=f"{tmp_path / 'plain'}: not a monolidar store"):
+        DatasetStore.open(tmp_path / "plain")
+    import zarr
+
+    zarr.open_group(str(tmp_path / "other"), mode="w")
+    with pytest.raises(StoreError, match="not a monolidar store .zarr group without monolidar attributes"):
+        DatasetStore.open(tmp_path / "other")
+    with pytest.raises(StoreError, match="read-only"):
+        new_store(tmp_path / "ds")
+        DatasetStore.open(tmp_path / "ds").ensure_shards(1)
+
+
+def test_corrupt_manifest_part_is_named(tmp_path):
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(2)
+    store.write_shard(0, make_arrays(S, 1), make_rows(0, S))
+    store.write_shard(1, make_arrays(S, 2), make_rows(1, S))
+    part = tmp_path / "ds/manifest/shard-00001.parquet"
+    part.write_bytes(part.read_bytes()[:40])
+    with pytest.raises(StoreError, match=f"{part}: corrupt manifest part"):
+        DatasetStore.open(tmp_path / "ds").manifest()
+
+
+def test_finalize_consolidates_and_writes_card(tmp_path):
+    import json
+
+    import zarr
+
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(1)
+    store.write_shard(0, make_arrays(S, 1), make_rows(0, S))
+    store.finalize({"elapsed_s": 1.5, "samples": S})
+    assert "consolidated_metadata" in json.loads((tmp_path / "ds/zarr.json").read_text())
+    card = (tmp_path / "ds/README.md").read_text()
+    assert "samples: 4 in 1 complete shards" in card and "hdl64" in card and '"sha256": "abc"' in card
+    assert DatasetStore.open(tmp_path / "ds").attrs["summary"] == {"elapsed_s": 1.5, "samples": S}
+    # growing a finalized store keeps the consolidated view in step with the arrays
+    DatasetStore.open(tmp_path / "ds", mode="r+").ensure_shards(3)
+    assert zarr.open_group(str(tmp_path / "ds"), mode="r")["depth"].shape[0] == 3 * S
+
+
+def test_build_lock_is_exclusive_and_stale_locks_are_taken_over(tmp_path):
+    import json
+    import socket
+
+    store = new_store(tmp_path / "ds")
+    with store.lock(owner="build") as lock_path:
+        holder = json.loads(lock_path.read_text())
+        assert holder["pid"] == os.getpid() and holder["owner"] == "build"
+        (tmp_path / "ds/.build.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "owner": "x"}))
+        with pytest.raises(StoreError, match=r"is being built by pid 1 on elsewhere \(lock .*\.build\.lock\)"):
+            with DatasetStore.open(tmp_path / "ds", mode="r+").lock():
+                pass
+        lock_path.write_text(json.dumps(holder))
+    assert not (tmp_path / "ds/.build.lock").exists()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "ds/.build.lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    with store.lock(owner="repair") as lock_path:
+        assert json.loads(lock_path.read_text())["owner"] == "repair"
+
+
+def _dataset_store(path: Path) -> dict[str, np.ndarray]:
+    store = new_store(path)
+    store.ensure_shards(3)
+    arrays = [make_arrays(S, s) for s in range(3)]
+    store.write_shard(0, arrays[0], make_rows(0, S))
+    store.write_shard(1, arrays[1], make_rows(1, S, ["ok", "quarantined", "ok", "ok"]))
+    store.write_shard(2, arrays[2], make_rows(2, S))
+    return {name: np.concatenate([a[name] for a in arrays]) for name in ARRAYS}
+
+
+def test_completion_dataset_items_and_crop(tmp_path):
+    import torch
+
+    from storage.dataset import CompletionDataset
+
+    expected = _dataset_store(tmp_path / "ds")
+    ds = CompletionDataset(tmp_path / "ds")
+    assert len(ds) == 3 * S - 1 and S + 1 not in ds.indices.tolist()
+    item = ds[5]
+    index = item["index"]
+    assert index == int(ds.indices[5])
+    assert item["rgb"].shape == (3, H, W) and item["rgb"].dtype == torch.float32
+    torch.testing.assert_close(item["rgb"], torch.from_numpy(expected["rgb"][index].transpose(2, 0, 1) / 255.0).float())
+    torch.testing.assert_close(item["sparse"][0], torch.from_numpy(expected["sparse"][index] / 256.0).float())
+    torch.testing.assert_close(item["depth"][0], torch.from_numpy(expected["depth"][index]))
+    torch.testing.assert_close(item["teacher"][0], torch.from_numpy(expected["teacher_output"][index].astype(np.float32)))
+
+    cropped = CompletionDataset(tmp_path / "ds", crop=(8, 10))
+    c = cropped[5]
+    assert c["rgb"].shape == (3, 8, 10) and c["sparse"].shape == (1, 8, 10)
+    assert c["K"][0, 2].item() == pytest.approx(W / 2 - 5) and c["K"][1, 2].item() == pytest.approx(H / 2 - 2)
+    torch.testing.assert_close(c["depth"][0], torch.from_numpy(expected["depth"][index][2:10, 5:15]))
+
+    rand = CompletionDataset(tmp_path / "ds", crop=(8, 10), random_crop_seed=3)
+    first = [rand[i]["K"][:2, 2].tolist() for i in range(len(rand))]
+    assert first == [rand[i]["K"][:2, 2].tolist() for i in range(len(rand))]  # deterministic
+    assert len({tuple(k) for k in first}) > 1
+    from tasks.errors import InputError
+
+    with pytest.raises(InputError, match="does not fit"):
+        CompletionDataset(tmp_path / "ds", crop=(H + 1, W))
+
+
+def test_dataloader_with_two_workers_and_shard_sampler(tmp_path):
+    import torch
+    from torch.utils.data import DataLoader
+
+    from storage.dataset import CompletionDataset, ShardOrderedSampler
+
+    expected = _dataset_store(tmp_path / "ds")
+    ds = CompletionDataset(tmp_path / "ds")
+    sampler = ShardOrderedSampler(ds, seed=1)
+    order = list(sampler)
+    assert sorted(order) == list(range(len(ds)))
+    shards_seen = [int(ds.shards[p]) for p in order]
+    assert shards_seen == sorted(shards_seen, key=shards_seen.index)  # each shard is one contiguous run
+    sampler.set_epoch(1)
+    assert list(sampler) != order or len(ds) < 3
+    ds[0]  # open the store in the parent: the workers must not inherit a broken handle
+    loader = DataLoader(ds, batch_size=4, sampler=ShardOrderedSampler(ds, seed=1), num_workers=2)
+    seen = []
+    for batch in loader:
+        assert batch["rgb"].shape[1:] == (3, H, W)
+        for j, index in enumerate(batch["index"].tolist()):
+            seen.append(index)
+            torch.testing.assert_close(batch["depth"][j, 0], torch.from_numpy(expected["depth"][index]))
+    assert sorted(seen) == sorted(ds.indices.tolist())
