@@ -81,6 +81,7 @@ def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict
     results = []
     for done, fut in enumerate(as_completed(list(futures)), start=1):
         shard, tout = futures[fut]
+        fut.wait()  # as_completed can yield before the client-side state is final
         state = fut.state
         if state.is_completed():
             res = fut.result()

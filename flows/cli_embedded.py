@@ -28,12 +28,12 @@ def register(subparsers) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from flows.train_teacher import train_teacher
-
     if args.scenes < 1:
         raise ValueError(f"--scenes must be >= 1 (got {args.scenes})")
     if args.short_side % 14 or args.short_side < 28:
         raise ValueError(f"--short-side must be a multiple of 14 and >= 28 (got {args.short_side})")
+    from flows.train_teacher import train_teacher
+
     summary = train_teacher(args.out, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed,
                             minutes=args.minutes or None, short_side=args.short_side, threads=args.threads,
                             cache_dir=args.cache_dir)

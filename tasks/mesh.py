@@ -134,12 +134,21 @@ def validate_depth_and_K(depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, 
     return depth, K
 
 
+SKIP_TILE = 8   # cells per side of the depth-range tiles the "fast" ray caster skips with
+
+
 @numba.njit(cache=True, nogil=True)
-def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float) -> np.ndarray:
+def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float, tile: int):
     # One pass over the cells; numba because the numpy version needs ~20 full-image temporaries and
-    # this runs once per simulated scan inside the 20 ms budget.
+    # this runs once per simulated scan inside the 20 ms budget. The same pass records each tile's depth
+    # range over its surviving triangles (for the fast caster's skip test) and counts the triangles.
     hg, wg = d.shape
     ok = np.zeros((2, hg - 1, wg - 1), dtype=np.bool_)
+    th = (hg - 1 + tile - 1) // tile
+    tw = (wg - 1 + tile - 1) // tile
+    tmin = np.full((th, tw), np.inf)
+    tmax = np.full((th, tw), -np.inf)
+    n = 0
     for i in range(hg - 1):
         for j in range(wg - 1):
             a = d[i, j]
@@ -153,12 +162,27 @@ def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float) -> np.
             if va and vb and vc:
                 lo = min(a, min(b, c))
                 hi = max(a, max(b, c))
-                ok[0, i, j] = hi <= ratio * lo
+                if hi <= ratio * lo:
+                    ok[0, i, j] = True
+                    n += 1
+                    tmin[i // tile, j // tile] = min(tmin[i // tile, j // tile], lo)
+                    tmax[i // tile, j // tile] = max(tmax[i // tile, j // tile], hi)
             if vb and vc and ve:
                 lo = min(e, min(b, c))
                 hi = max(e, max(b, c))
-                ok[1, i, j] = hi <= ratio * lo
-    return ok
+                if hi <= ratio * lo:
+                    ok[1, i, j] = True
+                    n += 1
+                    tmin[i // tile, j // tile] = min(tmin[i // tile, j // tile], lo)
+                    tmax[i // tile, j // tile] = max(tmax[i // tile, j // tile], hi)
+    return ok, tmin, tmax, n
+
+
+def _grid(d: np.ndarray, K: np.ndarray, stride: int, image_size: tuple[int, int], options: MeshOptions) -> DepthGrid:
+    ok, tmin, tmax, n = _triangle_mask(d, float(options.min_depth_m), float(options.max_depth_m),
+                                       float(options.ratio_threshold), SKIP_TILE)
+    return DepthGrid(depth=d, tri_ok=ok, K=K, stride=stride, image_size=image_size,
+                     _cache={"n_faces": int(n), "tiles": (tmin, tmax)})
 
 
 def depth_to_grid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshOptions()) -> DepthGrid:
@@ -169,10 +193,9 @@ def depth_to_grid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshO
     d = np.ascontiguousarray(depth[::s, ::s])
     if d.shape[0] < 2 or d.shape[1] < 2:
         raise GeometryError(f"stride {s} leaves fewer than 2x2 vertices for depth of shape {depth.shape}")
-    ok = _triangle_mask(d, float(options.min_depth_m), float(options.max_depth_m), float(options.ratio_threshold))
     # vertex depths outside the valid range are never referenced; zero them so the grid says so
     d = np.where((d >= options.min_depth_m) & (d <= options.max_depth_m), d, 0.0)
-    return DepthGrid(depth=d, tri_ok=ok, K=K, stride=s, image_size=(int(depth.shape[0]), int(depth.shape[1])))
+    return _grid(d, K, s, (int(depth.shape[0]), int(depth.shape[1])), options)
 
 
 def depth_to_mesh(
@@ -226,8 +249,7 @@ def background_layer(grid: DepthGrid, options: MeshOptions, width_px: int) -> De
         bg = d[ii, jj]
         extend = valid & (dist <= width_px) & (bg > r * d)
         layer = np.where(extend | seeds, np.where(seeds, d, bg), 0.0)
-    ok = _triangle_mask(layer, float(options.min_depth_m), float(options.max_depth_m), float(r))
-    return DepthGrid(depth=layer, tri_ok=ok, K=grid.K, stride=grid.stride, image_size=grid.image_size)
+    return _grid(layer, grid.K, grid.stride, grid.image_size, options)
 
 
 def export_mesh(mesh: trimesh.Trimesh, path: str | Path) -> Path:

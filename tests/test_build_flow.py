@@ -68,8 +68,9 @@ def test_build_quarantines_bad_inputs_and_completes(prefect_harness, bad_images,
     assert cli_main(["inspect", str(store), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["samples"] == 10 and info["status"]["ok"] == 5
-    # A KITTI-like HDL-64E pattern: a few percent of the canvas, never empty, never dense.
-    assert 0.005 < info["lidar_density_mean"] < 0.3
+    # On this 96x320 canvas one pixel spans ~0.3 deg, about the HDL-64E beam spacing, so the pattern is far
+    # denser than KITTI's 4-7 % at 1216x352 (checked by the demo test); it must never be empty or full.
+    assert 0.02 < info["lidar_density_mean"] < 0.6
     ok = [r for r in rows if r["status"] == "ok"]
     sample = DatasetStore.open(store).read_sample(int(ok[0]["index"]))
     assert sample["rgb"].shape == (96, 320, 3) and sample["sparse"].shape == (96, 320)

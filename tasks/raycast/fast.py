@@ -17,9 +17,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from tasks.mesh import SKIP_TILE as TILE
 from tasks.mesh import DepthGrid
 
-TILE = 8            # cells per tile side for the min/max skip structure
 _EPS_BARY = 1e-9    # barycentric slack: a ray through a shared edge hits whichever cell DDA visits first
 _T_MAX = 1.0e5      # metres; bounds rays parallel to the image plane
 
@@ -285,7 +285,7 @@ def cast_grid(grid: DepthGrid, origins: np.ndarray, dirs: np.ndarray,
         out_n = np.zeros((n, 3))
     if grid.n_faces == 0 or n == 0:
         return out_t, out_n
-    if "tiles" not in grid._cache:
+    if "tiles" not in grid._cache:    # grids built by hand; depth_to_grid fills this in its single pass
         grid._cache["tiles"] = _tile_ranges(grid.depth, grid.tri_ok, TILE)
     tmin, tmax = grid._cache["tiles"]
     _cast_grid(grid.depth, grid.tri_ok, grid.K, np.linalg.inv(grid.K), float(grid.stride), tmin, tmax, TILE,
