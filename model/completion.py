@@ -14,8 +14,9 @@ Architecture ("MSDC", multi-scale depth completion):
   levels see densified depth although the input is only ~5 % dense.
 - Encoder: stride-2 convs and residual blocks (no normalisation layers: training batches are tiny on
   CPU and we want identical train/eval behaviour and clean ONNX graphs).
-- Decoder: bilinear upsampling + skip concatenation; a log-depth head at 1/8, 1/4, 1/2 and full
-  resolution, each adding a residual to the upsampled coarser prediction (coarse-to-fine).
+- Decoder: bilinear upsampling + skip concatenation; a log-depth head at every level adds a residual
+  to the upsampled coarser one (coarse-to-fine); the sum is a residual on top of a classical push-pull
+  fill of the sparse pyramid (:func:`pushpull_fill`), so a fresh network already interpolates the scan.
 - Output: ``depth = exp(clamp(log_depth, log(min_depth), log(max_depth)))`` metres.
 - Optional spatial propagation (CSPN/NLSPN-style): an 8-neighbour affinity predicted from the last
   decoder features, normalised so the absolute weights sum to < 1 (a convex-like combination keeps
@@ -129,6 +130,23 @@ def sparse_pyramid(log_depth: torch.Tensor, mask: torch.Tensor, levels: int) -> 
     return out
 
 
+def pushpull_fill(pyramid: list[torch.Tensor]) -> torch.Tensor:
+    """Dense log-depth from the sparse pyramid: each pixel takes the finest level that has data there.
+
+    Pull (coarse to fine): start from the coarsest level, upsample bilinearly, and overwrite with each finer
+    level's normalised average wherever that level has a valid sample. At full resolution this returns the
+    sparse input itself at measured pixels. Cells with no data even at the coarsest level get 0 (=
+    LOG_DEPTH_CENTER). The network learns a residual on top of this classical fill, so a fresh model
+    already interpolates the scan and training only has to learn corrections (edges, occlusions, slopes).
+    """
+    cur = pyramid[-1][:, :1] * (pyramid[-1][:, 1:] > 0).to(pyramid[-1].dtype)
+    for level in reversed(pyramid[:-1]):
+        up = F.interpolate(cur, size=level.shape[-2:], mode="bilinear", align_corners=False)
+        has = (level[:, 1:] > 0).to(level.dtype)
+        cur = has * level[:, :1] + (1.0 - has) * up
+    return cur
+
+
 class SpatialPropagation(nn.Module):
     """CSPN-style refinement on a 3x3 neighbourhood with affinities from features; keeps sparse input."""
 
@@ -204,11 +222,11 @@ class CompletionNet(nn.Module):
         for k, enc in enumerate(self.encoders):
             x = enc(x, pyramid[k])
             skips.append(x)
-        # coarse start: the pyramid's densified log-depth at the bottom level where it has data
-        bottom = pyramid[-1]
-        y = bottom[:, :1] * (bottom[:, 1:] > 0).to(x.dtype) + self.bottom_head(x)
+        # the decoder predicts a log-depth residual, coarse to fine, on top of the push-pull fill
+        y = self.bottom_head(x)
         for dec, skip in zip(self.decoders, reversed(skips[:-1])):
             x, y = dec(x, skip, y)
+        y = pushpull_fill(pyramid) + y
         y = y.clamp(math.log(self.min_depth) - LOG_DEPTH_CENTER, math.log(self.max_depth) - LOG_DEPTH_CENTER)
         depth = torch.exp(y + LOG_DEPTH_CENTER)
         if self.spn is not None:

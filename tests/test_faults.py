@@ -57,7 +57,8 @@ def test_kill9_mid_shard_write_then_repair(prefect_harness, small_images, tiny_t
             assert time.monotonic() < deadline, "build never reached shard 1"
             time.sleep(0.2)
     finally:
-        os.killpg(child.pid, signal.SIGKILL)  # the build and everything it started
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)  # the build and everything it started
         child.wait(timeout=60)
 
     # The store is readable; shard 1 (arrays written, never committed) is absent, not half-present.
