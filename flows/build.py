@@ -25,7 +25,7 @@ from storage.cache import ArrayCache, default_cache_dir
 from storage.plan import read_plan, write_plan
 from storage.store import DatasetStore
 from tasks.build_config import BuildConfig
-from tasks.build_tasks import prepare_shard, shard_key, teacher_shard, write_shard
+from tasks.build_tasks import prepare_shard, register_teacher, shard_key, teacher_shard, write_shard
 from tasks.errors import InputError, StoreError
 from tasks.planning import discover_inputs, plan_shards
 from tasks.provenance import code_version
@@ -41,6 +41,7 @@ def load_validated_teacher(teacher: str | None, *, batch_size: int, threads: int
     t = Teacher(teacher, threads=threads, probe=True)
     ident = dict(t.identity())
     ident.update(path=str(Path(t.path).resolve()), batch_size=int(batch_size), threads=threads)
+    register_teacher(t, ident)  # thread-runner tasks reuse this session instead of loading it again
     return ident
 
 

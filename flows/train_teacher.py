@@ -30,7 +30,9 @@ def default_render_cache() -> Path:
 def scene_spec(seed: int, index: int) -> tuple[int, str]:
     """(scene seed, kind) of training scene ``index``: independent of how many scenes are rendered."""
     scene_seed = derive_seed(seed, "teacher-scene", index)
-    kind = "street" if np.random.default_rng(scene_seed).random() < STREET_SHARE else "indoor"
+    # The kind draw has its own seed: drawn from scene_seed it would repeat the scene's first random number.
+    kind = "street" if np.random.default_rng(derive_seed(seed, "teacher-kind", index)).random() < STREET_SHARE \
+        else "indoor"
     return scene_seed, kind
 
 

@@ -1,7 +1,7 @@
 """The embedded default teacher: a small monocular relative-depth network trained on procedural renders.
 
-Architecture: a MobileNetV2-style encoder (inverted residual blocks, depthwise 3x3 convs) down to 1/32
-resolution with a global-context branch, and a U-Net decoder that upsamples to each skip's exact size, so
+Architecture: a small residual encoder (stride-2 3x3 convs + residual blocks) down to 1/32 resolution with
+a global-context branch, and a U-Net decoder that upsamples to each skip's exact size, so
 any input size works (the Depth Anything convention uses multiples of 14, which are not powers of two).
 Output: relative inverse depth (disparity, larger = nearer, >= 0) at input resolution, [B, H, W].
 
@@ -30,59 +30,47 @@ class ConvBNAct(nn.Sequential):
         super().__init__(*layers)
 
 
-class InvertedResidual(nn.Module):
-    """1x1 expand -> depthwise 3x3 (stride) -> 1x1 project; identity shortcut when shapes allow."""
+class ResidualBlock(nn.Module):
+    """Two 3x3 convs with an identity shortcut."""
 
-    def __init__(self, cin: int, cout: int, stride: int = 1, expand: int = 4):
+    def __init__(self, channels: int):
         super().__init__()
-        mid = cin * expand
-        self.block = nn.Sequential(ConvBNAct(cin, mid, 1), ConvBNAct(mid, mid, 3, stride, groups=mid),
-                                   ConvBNAct(mid, cout, 1, act=False))
-        self.residual = stride == 1 and cin == cout
+        self.body = nn.Sequential(ConvBNAct(channels, channels), ConvBNAct(channels, channels, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.block(x)
-        return x + y if self.residual else y
-
-
-class SeparableConv(nn.Sequential):
-    """Depthwise 3x3 + pointwise 1x1: the decoder's cheap fusion block."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(ConvBNAct(cin, cin, 3, groups=cin), ConvBNAct(cin, cout, 1))
+        return F.relu(x + self.body(x))
 
 
 class DepthNetSmall(nn.Module):
-    """Encoder-decoder relative-depth network (about 1.3 M parameters at the default widths)."""
+    """Encoder-decoder relative-depth network (about 1.2 M parameters at the default widths).
 
-    def __init__(self, widths: tuple[int, ...] = (16, 24, 48, 96, 160), dec: tuple[int, ...] = (96, 64, 40, 24)):
+    Plain dense 3x3 convs rather than depthwise-separable ones: on CPU, oneDNN runs dense convs at a far
+    higher arithmetic rate, and training measured ~1.5x faster per step at similar accuracy per step.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 112, 160), dec: tuple[int, ...] = (96, 64, 32, 24)):
         super().__init__()
         w = widths
-        self.stem = ConvBNAct(3, w[0], 3, 2)                                                  # 1/2
-        self.enc1 = nn.Sequential(InvertedResidual(w[0], w[1], 2, expand=2), InvertedResidual(w[1], w[1], expand=3))  # 1/4
-        self.enc2 = nn.Sequential(InvertedResidual(w[1], w[2], 2), InvertedResidual(w[2], w[2]))  # 1/8
-        self.enc3 = nn.Sequential(InvertedResidual(w[2], w[3], 2), InvertedResidual(w[3], w[3]),
-                                  InvertedResidual(w[3], w[3]))                               # 1/16
-        self.enc4 = nn.Sequential(InvertedResidual(w[3], w[4], 2), InvertedResidual(w[4], w[4]),
-                                  InvertedResidual(w[4], w[4]))                               # 1/32
+        self.stem = ConvBNAct(3, w[0], 3, 2)                                              # 1/2
+        self.enc = nn.ModuleList(
+            nn.Sequential(ConvBNAct(w[i], w[i + 1], 3, 2), ResidualBlock(w[i + 1])) for i in range(4)
+        )                                                                                  # 1/4 .. 1/32
         # Whole-image context (where the horizon is, indoor vs outdoor) reaches every position.
         self.context = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(w[4], w[4], 1), nn.ReLU(inplace=True))
-        skips = (w[3], w[2], w[1], w[0])
-        cin = w[4]
         self.fuse = nn.ModuleList()
-        for skip, cout in zip(skips, dec):
-            self.fuse.append(SeparableConv(cin + skip, cout))
+        cin = w[4]
+        for skip, cout in zip((w[3], w[2], w[1], w[0]), dec):
+            self.fuse.append(nn.Sequential(ConvBNAct(cin + skip, cout, 1), ConvBNAct(cout, cout, 3)))
             cin = cout
-        self.head = nn.Sequential(ConvBNAct(cin, 16, 3), nn.Conv2d(16, 1, 1))
+        self.head = nn.Conv2d(cin, 1, 3, padding=1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x0 = self.stem(pixel_values)
-        x1 = self.enc1(x0)
-        x2 = self.enc2(x1)
-        x3 = self.enc3(x2)
-        x = self.enc4(x3)
+        skips = [self.stem(pixel_values)]
+        for stage in self.enc:
+            skips.append(stage(skips[-1]))
+        x = skips.pop()
         x = x + self.context(x)
-        for fuse, skip in zip(self.fuse, (x3, x2, x1, x0)):
+        for fuse, skip in zip(self.fuse, reversed(skips)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = fuse(torch.cat([x, skip], dim=1))
         # The head runs at 1/2 resolution (full-resolution convs would dominate the CPU cost); the
@@ -238,7 +226,7 @@ def _sample_batch(groups: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Ge
 
 
 def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, seed: int, minutes: float | None = None,
-                  batch: int = 8, lr: float = 3e-3, crop_width: int = 392, threads: int = 2,
+                  batch: int = 8, lr: float = 3e-3, crop_width: int = 320, threads: int = 2,
                   log_every: int = 50, log=print) -> tuple[DepthNetSmall, dict]:
     """Train DepthNetSmall on ``groups`` = [(rgb uint8 (N,H,W,3), target disparity float32 (N,H,W)), ...].
 

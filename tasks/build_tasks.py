@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -72,24 +71,34 @@ def shard_key(samples: list[dict], config: BuildConfig, teacher: dict, code_vers
 
 # ---------------------------------------------------------------- teacher instances
 _TEACHER_LOCK = threading.Lock()
+_TEACHERS: dict[tuple, object] = {}
 
 
-@lru_cache(maxsize=4)
-def _load_teacher(path: str, sha256: str, output_kind: str, short_side: int, threads: int | None):
-    from model.teacher import Teacher
+def _teacher_slot(teacher: dict) -> tuple:
+    return (teacher["path"], teacher["sha256"], teacher["output_kind"], teacher["short_side"], teacher.get("threads"))
 
-    t = Teacher(path, output_kind=output_kind, short_side=short_side, threads=threads, probe=False)
-    if t.sha256 != sha256:  # the file changed under a running build: refuse to mix teachers
-        raise MonolidarError(f"{path}: teacher file changed during the build (sha256 {t.sha256[:12]} != {sha256[:12]})")
-    return t
+
+def register_teacher(model, teacher: dict) -> None:
+    """Let tasks in this process reuse a session the flow already loaded (and probed)."""
+    with _TEACHER_LOCK:
+        _TEACHERS[_teacher_slot(teacher)] = model
 
 
 def get_teacher(teacher: dict):
-    """One onnxruntime session per process, shared by the tasks running in it."""
+    """One onnxruntime session per process, shared by the tasks running in it (threads share it safely)."""
+    from model.teacher import Teacher
+
+    slot = _teacher_slot(teacher)
     with _TEACHER_LOCK:
-        return _load_teacher(
-            teacher["path"], teacher["sha256"], teacher["output_kind"], teacher["short_side"], teacher.get("threads")
-        )
+        if slot not in _TEACHERS:
+            path, sha256, kind, short_side, threads = slot
+            model = Teacher(path, output_kind=kind, short_side=short_side, threads=threads, probe=False)
+            if model.sha256 != sha256:  # the file changed under a running build: never mix teachers
+                raise MonolidarError(
+                    f"{path}: teacher file changed during the build (sha256 {model.sha256[:12]} != {sha256[:12]})"
+                )
+            _TEACHERS[slot] = model
+        return _TEACHERS[slot]
 
 
 # ---------------------------------------------------------------- tasks
