@@ -25,7 +25,7 @@ from model.dav2 import DepthAnythingV2Small, count_parameters, export_onnx, load
 from model.teacher import choose_providers  # noqa: E402
 
 
-def make_session(path: Path, providers: list[str], threads: int, level: str):
+def make_session(path: Path, providers: list[str], threads: int, level: str, spin: bool):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -37,6 +37,8 @@ def make_session(path: Path, providers: list[str], threads: int, level: str):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin:  # as model.teacher.Teacher does
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--providers", default=None, help="onnxruntime providers, e.g. cuda,cpu (default: best available)")
     ap.add_argument("--level", choices=("all", "extended", "basic"), default="all", help="ORT graph optimisation")
+    ap.add_argument("--spin", action="store_true", help="let idle ORT threads spin (Teacher does not)")
+    ap.add_argument("--opset", type=int, default=23, help="ONNX opset (23 exports attention as one op)")
     ap.add_argument("--fp16", action="store_true", help="fp16 ONNX (and fp16 torch on CUDA)")
     ap.add_argument("--onnx", default=None, help="reuse an exported model instead of exporting one")
     ap.add_argument("--checkpoint", default=None, help="official depth_anything_v2_vits.pth (default: random init)")
@@ -67,16 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         onnx_path = Path(args.onnx) if args.onnx else Path(tmp) / "dav2s.onnx"
         if not args.onnx:
             t0 = time.perf_counter()
-            export_onnx(net, onnx_path, height=args.height, width=args.width, fp16=args.fp16)
+            export_onnx(net, onnx_path, height=args.height, width=args.width, fp16=args.fp16, opset=args.opset)
             print(f"exported {onnx_path.name} in {time.perf_counter() - t0:.1f} s", flush=True)
-        session = make_session(onnx_path, providers, args.threads, args.level)
+        session = make_session(onnx_path, providers, args.threads, args.level, args.spin)
         in_type = np.float16 if session.get_inputs()[0].type == "tensor(float16)" else np.float32
         tnet = net.to(device)
         if args.fp16 and use_cuda:
             tnet = tnet.half()
         print(f"DA-V2-Small-shaped net: {count_parameters(net) / 1e6:.1f} M params, input {args.height}x{args.width}, "
-              f"threads {args.threads}, ORT level {args.level}, providers {session.get_providers()}, "
-              f"torch {torch.__version__} on {device}", flush=True)
+              f"threads {args.threads}, ORT level {args.level}, opset {args.opset}, spin {args.spin}, "
+              f"providers {session.get_providers()}, torch {torch.__version__} on {device}", flush=True)
 
         rng = np.random.default_rng(0)
         batches = [int(b) for b in args.batches.split(",")]

@@ -200,9 +200,9 @@ def build_dataset(
     cfg = BuildConfig(height=height, width=width, fx=fx, sensor=sensor, backend=backend, see_through=see_through,
                       samples_per_image=samples_per_image, shard_size=shard_size, seed=seed)
     _check_sensor_and_backend(cfg)
+    inputs = discover_inputs(images)
     # A missing or broken teacher fails here, before any shard runs.
     ident = load_validated_teacher(teacher, batch_size=teacher_batch_size, threads=teacher_threads)
-    inputs = discover_inputs(images)
     store_path = Path(out)
     cache = str(Path(cache_dir) if cache_dir else default_cache_dir(store_path))
     store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite)

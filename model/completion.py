@@ -211,6 +211,20 @@ class CompletionNet(nn.Module):
             self.decoders.append(DecoderStage(cin, channels[i], dec_out[i]))
             cin = dec_out[i]
         self.spn = SpatialPropagation(c0, spn_iters) if spn_iters > 0 else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """He init for every conv that is not deliberately zero-initialised.
+
+        Without normalisation layers, PyTorch's default conv init shrinks activations by ~0.6 per layer, so
+        the residual heads at the end of the ~12-layer path would see near-zero features and learn very
+        slowly. He (fan-in, ReLU) init keeps activation scale through depth; zero-initialised layers
+        (residual branches' second conv, heads, affinity) stay zero so a fresh net is the push-pull fill.
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d) and m.weight.abs().sum() > 0:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
 
     def forward(self, rgb: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         mask = (sparse > 0).to(sparse.dtype)

@@ -152,6 +152,9 @@ class Teacher:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # keep provider fallback chatter off the console
+        # Idle worker threads sleep instead of spinning: the build flow runs the teacher next to mesh and
+        # ray-cast work on the same cores, where spinning threads only steal time.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1

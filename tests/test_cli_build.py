@@ -1,0 +1,47 @@
+"""`monolidar build / repair / preview` through the real CLI entry point."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.cli import main as cli_main
+from model.teacher import DEFAULT_TEACHER
+
+
+def test_build_without_arguments_makes_the_demo_dataset(prefect_harness, tmp_path, monkeypatch, capsys):
+    """The README's first command: shipped images, embedded teacher, KITTI-sized canvas."""
+    if not DEFAULT_TEACHER.is_file():
+        pytest.fail(f"the embedded teacher {DEFAULT_TEACHER} is not shipped")
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["build", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "monolidar-demo/demo.zarr" in out and "monolidar inspect" in out
+    assert cli_main(["inspect", "monolidar-demo/demo.zarr", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["samples"] == 8 and info["status"]["ok"] == 8
+    # KITTI's velodyne_raw covers ~5-6 % of the 1216x352 crop; photos of any scene land near it.
+    assert 0.02 < info["lidar_density_mean"] < 0.12
+    assert info["sensor"] == "hdl64e_kitti"
+    assert cli_main(["preview", "monolidar-demo/demo.zarr", "--out", "previews", "--limit", "2"]) == 0
+    assert len(list((tmp_path / "previews").glob("*.png"))) == 2
+    # A complete store: repair has nothing to do.
+    assert cli_main(["repair", "monolidar-demo/demo.zarr", "--quiet"]) == 0
+    assert "nothing to repair" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["build", "--images", "/nonexistent/photos"], "/nonexistent/photos"),
+        (["build", "--images", "{imgs}", "--sensor", "hdl65"], "hdl64e_kitti"),  # lists the known profiles
+        (["build", "--images", "{imgs}", "--teacher", "{tmp}/missing.onnx"], "missing.onnx"),
+        (["repair", "{tmp}/no-store"], "no-store"),
+        (["preview", "{imgs}", "--out", "{tmp}/p"], "not a monolidar store"),
+    ],
+)
+def test_bad_input_exits_2_with_a_one_line_reason(prefect_harness, small_images, tmp_path, capsys, args, needle):
+    args = [a.replace("{imgs}", str(small_images)).replace("{tmp}", str(tmp_path)) for a in args]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
