@@ -179,3 +179,38 @@ def test_rebuild_with_another_config_is_refused_unless_overwrite(prefect_harness
         run_build(small_images, store, tiny_teacher_onnx, sensor="vlp16")
     res = run_build(small_images, store, tiny_teacher_onnx, sensor="vlp16", overwrite=True)
     assert res["sensor"] == "vlp16" and res["status"]["ok"] == 5
+
+
+def test_transient_io_errors_are_retried(prefect_harness, small_images, tiny_teacher_onnx, tmp_path, monkeypatch):
+    import tasks.build_tasks as bt
+
+    real_read = bt.read_bytes
+    calls: dict[str, int] = {}
+
+    def flaky(uri: str) -> bytes:  # every input fails once, like a dropped network read
+        calls[uri] = calls.get(uri, 0) + 1
+        if calls[uri] == 1:
+            raise ConnectionResetError(f"{uri}: connection reset by peer")
+        return real_read(uri)
+
+    monkeypatch.setattr(bt, "read_bytes", flaky)
+    res = run_build(small_images, tmp_path / "flaky.zarr", tiny_teacher_onnx)
+    assert res["status"]["ok"] == 5 and res["failed_shards"] == []
+    assert max(calls.values()) >= 2
+
+
+def test_teacher_cache_survives_a_process_restart(prefect_harness, small_images, tiny_teacher_onnx, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run_build(small_images, tmp_path / "first.zarr", tiny_teacher_onnx)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    cmd = [sys.executable, "-m", "flows.cli", "build", "--quiet", "--images", str(small_images), "--out",
+           str(tmp_path / "second.zarr"), "--teacher", str(tiny_teacher_onnx), "--sensor", "os1_64",
+           *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = DatasetStore.open(tmp_path / "second.zarr").attrs["summary"]
+    assert summary["teacher_computed"] == 0 and summary["status"]["ok"] == 5
