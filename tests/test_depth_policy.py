@@ -15,7 +15,6 @@ def street_scene(h: int = 120, w: int = 160) -> np.ndarray:
     depth[30:60] = 35.0 + 10.0 * np.linspace(0, 1, w)[None, :]  # buildings at 35-45 m
     ground = rows[60:] - 59  # 1..60 rows below the horizon
     depth[60:] = np.broadcast_to(1.6 * 300.0 / ground, (h - 60, w))  # camera 1.6 m up, f = 300 px: 8..480 m
-    depth[60:] = np.minimum(depth[60:], 1e9)
     return depth
 
 

@@ -15,8 +15,6 @@ from model.teacher import Teacher, choose_providers, default_teacher_path, netwo
 from tasks.errors import TeacherError
 from tasks.provenance import sha256_file
 
-torch.set_num_threads(1)
-
 
 # ---------------------------------------------------------------------------------------------------
 # Model builders

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,8 +86,6 @@ def test_missing_images_dir(tiny_onnx, tmp_path, capsys):
 def test_helpers():
     assert parse_providers("cuda, CPU") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert parse_providers(None) is None
-    from pathlib import Path
-
     assert output_stems([Path("a.jpg"), Path("a.png"), Path("b.png")]) == ["a", "a_png", "b"]
     ramp = colorize(np.linspace(0, 1, 50)[None, :].repeat(3, 0))
     lum = ramp.astype(float) @ [0.299, 0.587, 0.114]

@@ -18,8 +18,6 @@ from model.dav2 import (
 from model.teacher import Teacher
 from tasks.errors import CheckpointError
 
-torch.set_num_threads(2)
-
 # A few names from the official depth_anything_v2_vits.pth (DINOv2 encoder + DPT head).
 OFFICIAL_KEYS = [
     "pretrained.cls_token", "pretrained.pos_embed", "pretrained.mask_token", "pretrained.patch_embed.proj.weight",
