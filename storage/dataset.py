@@ -4,6 +4,8 @@ Process safety: the Dataset holds only plain data (path, sample indices, crop se
 ``__getitem__`` in a process opens the Zarr store; it never pickles an open handle (``__getstate__`` drops it)
 and reopens when it finds itself in a new process (pid check). So it works with DataLoader workers under both
 the ``fork`` and ``spawn`` start methods (zarr resets its IO event loop in forked children itself).
+Inside a process that has already run Prefect flows, prefer ``multiprocessing_context="spawn"``: Prefect's
+at-fork handlers make forked children exit with status 1, which DataLoader reports as a crashed worker.
 """
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ Everything random goes through one ``np.random.default_rng(seed)``: the same see
 """
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -332,20 +331,13 @@ def generate_scene(seed: int, kind: str = "street", *, camera: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- rendering
-_GL = threading.local()  # an EGL context belongs to the thread that made it: one renderer per thread
+_GL = threading.local()  # per-thread GL facts (the depth sample offset is measured per context)
 
 
 def _renderer(width: int, height: int):
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    import tasks.compat  # noqa: F401  (np.infty for pyrender)
-    import pyrender
+    from tasks.gl import offscreen_renderer
 
-    r = getattr(_GL, "renderer", None)
-    if r is None:
-        r = pyrender.OffscreenRenderer(width, height)
-        _GL.renderer = r
-    r.viewport_width, r.viewport_height = width, height
-    return r
+    return offscreen_renderer(width, height)
 
 
 def _uv_and_normals(mesh: trimesh.Trimesh, tile_m: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

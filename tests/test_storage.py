@@ -389,7 +389,10 @@ def test_dataloader_with_two_workers_and_shard_sampler(tmp_path):
     sampler.set_epoch(1)
     assert list(sampler) != order or len(ds) < 3
     ds[0]  # open the store in the parent: the workers must not inherit a broken handle
-    loader = DataLoader(ds, batch_size=4, sampler=ShardOrderedSampler(ds, seed=1), num_workers=2)
+    # spawn: in a process that has run Prefect flows (as this test session has), forked workers exit with
+    # status 1 on Prefect's at-fork handlers; spawn is also what CUDA and macOS need.
+    loader = DataLoader(ds, batch_size=4, sampler=ShardOrderedSampler(ds, seed=1), num_workers=2,
+                        multiprocessing_context="spawn")
     seen = []
     for batch in loader:
         assert batch["rgb"].shape[1:] == (3, H, W)

@@ -14,7 +14,6 @@ with a 24-bit depth buffer, which bounds its agreement (see bench/bench_lidar.py
 """
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -52,8 +51,7 @@ def _views(dirs: np.ndarray) -> list[tuple[float, np.ndarray]]:
 
 
 def _render_depth(mesh: trimesh.Trimesh, origin, right, down, fwd, f, cx, cy, w, h, znear, zfar) -> np.ndarray:
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    import tasks.compat  # noqa: F401  (np.infty for pyrender)
+    from tasks.gl import offscreen_renderer  # sets up EGL + the numpy-2 shim before pyrender loads
     import pyrender
 
     pose = np.eye(4)
@@ -67,11 +65,7 @@ def _render_depth(mesh: trimesh.Trimesh, origin, right, down, fwd, f, cx, cy, w,
     scene.add(pyrender.Mesh([prim]))
     scene.add(pyrender.IntrinsicsCamera(fx=f, fy=f, cx=cx, cy=cy, znear=znear, zfar=zfar), pose=pose)
     with _LOCK:
-        renderer = pyrender.OffscreenRenderer(viewport_width=w, viewport_height=h)
-        try:
-            depth = renderer.render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
-        finally:
-            renderer.delete()
+        depth = offscreen_renderer(w, h).render(scene, flags=pyrender.RenderFlags.DEPTH_ONLY)
     return np.asarray(depth, dtype=np.float64)
 
 
