@@ -13,7 +13,7 @@ Rows:
 
 Usage: python bench/ablation.py [--work DIR] [--teacher PATH.onnx] [--store STORE] [--stage1-steps N]
        [--stage2-steps N] [--crop H W] [--threads N]
-Budget with the defaults: ~10-15 min on 2 CPU cores. Prints a markdown table.
+Budget with the defaults: ~15 min on a shared 2-core CPU box. Prints a markdown table.
 """
 from __future__ import annotations
 
@@ -82,12 +82,14 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("/tmp/monolidar-ablation"))
     ap.add_argument("--teacher", default=None, help="teacher .onnx (default: the embedded teacher)")
     ap.add_argument("--store", default=None, help="existing store for stage 1 (default: build one)")
-    ap.add_argument("--stage1-steps", type=int, default=400)
-    ap.add_argument("--stage2-steps", type=int, default=150)
+    ap.add_argument("--stage1-steps", type=int, default=300)
+    ap.add_argument("--stage2-steps", type=int, default=80)
     ap.add_argument("--crop", type=int, nargs=2, default=(128, 256))
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--ssi-weight", type=float, default=0.2)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both stages")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared 2-core box, 2 threads oversubscribe and run ~8x slower)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--fresh", action="store_true", help="delete the work dir first")
     args = ap.parse_args()
@@ -99,7 +101,7 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     common = dict(batch_size=args.batch_size, crop_h=args.crop[0], crop_w=args.crop[1], threads=args.threads,
-                  seed=args.seed, progress=False)
+                  seed=args.seed, lr=args.lr, progress=False)
     frames = make_kitti_dirs(args.work, SHARED / "kitti_gt", args.seed)
     names = sorted(frames)
     folds = [(names[i], names[(i + 1) % len(names)]) for i in range(len(names))]  # (train, test)

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 import torch
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from model.checkpoint import (ModelEMA, init_from_checkpoint, load_checkpoint, model_from_checkpoint,
                               restore_training_state, save_checkpoint)
@@ -285,7 +286,9 @@ def image_key(rgb: np.ndarray) -> str:
     return sha256_bytes(np.ascontiguousarray(rgb).tobytes() + str(rgb.shape).encode())
 
 
-@task(name="teacher-outputs")
+# NO_CACHE: the .npy files are the cache (keyed by image and teacher hashes); a Prefect-cached result
+# could point at files that were deleted since.
+@task(name="teacher-outputs", cache_policy=NO_CACHE)
 def compute_teacher_outputs(kitti: str, teacher: str | None, cache_dir: str, threads: int | None = None) -> dict:
     """Run the teacher ONCE per image; cache ``<cache_dir>/<teacher sha[:16]>/<image sha[:32]>.npy``.
 

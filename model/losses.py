@@ -27,7 +27,6 @@ Gradients flow through ``s`` and ``t`` (they are differentiable functions of the
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 _EPS = 1e-6
 

@@ -14,7 +14,7 @@ from tasks.errors import CheckpointError
 
 H, W = 48, 96
 CROP = dict(crop_h=32, crop_w=64)
-FAST = dict(batch_size=2, threads=2, progress=False, warmup=1)
+FAST = dict(batch_size=2, threads=1, progress=False, warmup=1)
 KITTI_K = np.array([[707.0493, 0, 604.0814], [0, 707.0493, 180.5066], [0, 0, 1]], dtype=np.float32)
 
 
@@ -143,7 +143,7 @@ def test_finetune_and_evaluate_end_to_end(stage1, kitti_dir, tiny_teacher, tmp_p
 
     pred_dir = tmp_path / "pred"
     report = evaluate_flow(kitti=str(kitti_dir), ckpt=str(out / "final.pt"), out=str(pred_dir), exclude_input=True,
-                           threads=2, progress=False)
+                           threads=1, progress=False)
     for k in ("rmse_mm", "mae_mm", "irmse_1km", "imae_1km", "absrel", "delta1"):
         assert np.isfinite(report[k]) and np.isfinite(report["ipbasic"][k])
     assert report["n_images"] == 2 and len(report["per_image"]) == 2
@@ -177,7 +177,7 @@ def test_cli_evaluate_ipbasic_json(kitti_dir, capsys, prefect_harness):
 def test_cli_pretrain_and_export(tiny_store, tmp_path, capsys, prefect_harness):
     out = tmp_path / "run"
     assert main(["pretrain", "--store", str(tiny_store), "--out", str(out), "--steps", "2", "--crop", "32", "64",
-                 "--batch-size", "1", "--threads", "2", "--no-progress"]) == 0
+                 "--batch-size", "1", "--threads", "1", "--no-progress"]) == 0
     assert "step 2 (finished)" in capsys.readouterr().out
     onnx_path = tmp_path / "net.onnx"
     assert main(["export-onnx", "--ckpt", str(out / "final.pt"), "--out", str(onnx_path)]) == 0
