@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from tasks.errors import MonolidarError
@@ -43,12 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_prefect(debug: bool) -> None:
+    """Flows run in Prefect's ephemeral mode (no server needed) unless PREFECT_API_URL points at one. The
+    CLI prints its own progress, summaries and one-line errors, so Prefect's run loggers only speak with
+    --debug (a filter, not a level: Prefect re-applies its logging config when the first run starts)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+    if debug:
+        return
+    for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logger = logging.getLogger(name)
+        if _critical_only not in logger.filters:
+            logger.addFilter(_critical_only)
+
+
+def _critical_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.CRITICAL
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    _quiet_prefect(args.debug)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

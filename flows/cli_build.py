@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
 
@@ -36,29 +35,7 @@ def make_task_runner(runner: str, workers: int, dask_address: str | None = None)
     raise ValueError(f"unknown runner {runner!r}; expected thread, process or dask")
 
 
-def _ephemeral(debug: bool = False) -> None:
-    """Run flows in Prefect's ephemeral mode (no server needed), quietly: the CLI prints its own one-line
-    errors and summaries, so Prefect's run loggers only speak with --debug."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
-    import prefect  # noqa: F401  (configures Prefect's logging first, so the levels below stick)
-
-    if not debug:
-        # A filter, not a level: Prefect re-applies its logging config (levels) when the first run starts.
-        for name in ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine"):
-            logger = logging.getLogger(name)
-            if _mute not in logger.filters:
-                logger.addFilter(_mute)
-
-
-def _mute(record) -> bool:
-    return record.levelno >= logging.CRITICAL
-
-
-
 def cmd_build(args: argparse.Namespace) -> int:
-    _ephemeral(args.debug)
     from flows.build import DEFAULT_OUT, DEMO_IMAGES, build_dataset
 
     demo = args.images is None
@@ -89,7 +66,6 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_repair(args: argparse.Namespace) -> int:
-    _ephemeral(args.debug)
     from flows.build import repair_dataset
 
     flow = repair_dataset.with_options(task_runner=make_task_runner(args.runner, args.workers, args.dask_address))
