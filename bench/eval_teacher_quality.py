@@ -5,7 +5,7 @@ and delta<1.25 compared in DEPTH (aligned disparity clamped at 1/max_depth); the
 images. Data: held-out procedural renders (seeds never used in training, full camera resolution, sky
 excluded), /work/shared/data/kitti_gt (uint16 PNG, m x 256) and /work/shared/data/nyu (uint16 PNG, mm).
 
-    python bench/eval_teacher_quality.py [--teacher PATH] [--renders 24] [--seed 0]
+    python bench/eval_teacher_quality.py [--teacher PATH] [--renders 24] [--seed 0] [--kitti-predictions DIR]
 """
 from __future__ import annotations
 
@@ -48,10 +48,15 @@ def render_frames(n: int, seed: int, kind: str):
         yield f"{kind}-{i}", rgb, depth.astype(np.float64)
 
 
-def evaluate(teacher, frames, max_depth: float) -> dict[str, float]:
+def evaluate(teacher, frames, max_depth: float, predictions: Path | None = None) -> dict[str, float]:
+    """Mean metrics over ``frames``; with ``predictions`` (the folder `monolidar teacher --out` wrote) the
+    saved raw outputs <stem>.npy are scored instead of running ``teacher``."""
     rows = {"teacher": [], "ground": []}
-    for _, rgb, depth in frames:
-        pred = teacher.predict(rgb[None])[0]
+    for name, rgb, depth in frames:
+        if predictions is not None:
+            pred = np.load(predictions / (Path(name).stem + ".npy"))
+        else:
+            pred = teacher.predict(rgb[None])[0]
         gt = np.where(depth <= max_depth, depth, 0.0)
         rows["teacher"].append(aligned_depth_metrics(pred, gt, max_depth=max_depth))
         rows["ground"].append(aligned_depth_metrics(ground_plane_disparity(*depth.shape), gt, max_depth=max_depth))
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--renders", type=int, default=24, help="held-out renders per scene kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kitti-predictions", type=Path, default=None,
+                        help="score the .npy files `monolidar teacher --images .../kitti_gt/rgb --out DIR` wrote")
     args = parser.parse_args(argv)
 
     from model.teacher import Teacher
@@ -75,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     teacher = Teacher(args.teacher, threads=args.threads)
     print(f"teacher: {teacher.path} (short side {teacher.short_side}, {teacher.path.stat().st_size / 1e6:.1f} MB)")
     sets = [
-        (f"held-out street renders", lambda: render_frames(args.renders, args.seed, "street"), 80.0),
-        (f"held-out indoor renders", lambda: render_frames(args.renders, args.seed, "indoor"), 80.0),
+        ("held-out street renders", lambda: render_frames(args.renders, args.seed, "street"), 80.0),
+        ("held-out indoor renders", lambda: render_frames(args.renders, args.seed, "indoor"), 80.0),
         ("KITTI kitti_gt (GT <= 80 m)", lambda: kitti_frames(SHARED / "kitti_gt"), 80.0),
         ("NYU-v2 nyu (GT <= 10 m)", lambda: nyu_frames(SHARED / "nyu"), 10.0),
     ]
+    if args.kitti_predictions is not None:
+        sets = [("KITTI via `monolidar teacher`", lambda: kitti_frames(SHARED / "kitti_gt"), 80.0)]
     header = f"{'data':30s} {'n':>3s} | {'teacher AbsRel':>14s} {'teacher d1':>10s} | {'ground AbsRel':>13s} " \
              f"{'ground d1':>9s} | {'AbsRel ratio':>12s}"
     print(header)
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name:30s} skipped: {SHARED} not found")
             continue
         start = time.perf_counter()
-        r = evaluate(teacher, frames(), max_depth)
+        r = evaluate(teacher, frames(), max_depth, args.kitti_predictions if "via" in name else None)
         ratio = r["teacher_abs_rel"] / r["ground_abs_rel"]
         print(f"{name:30s} {r['n']:3d} | {r['teacher_abs_rel']:14.3f} {r['teacher_delta1']:10.3f} | "
               f"{r['ground_abs_rel']:13.3f} {r['ground_delta1']:9.3f} | {ratio:12.2f}  "

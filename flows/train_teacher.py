@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.provenance import derive_seed, sha256_file, stable_hash
 
 DEFAULT_SHORT_SIDE = 196
+SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
 STREET_SHARE = 0.7  # KITTI-like driving scenes are the main use; indoor scenes teach walls, floors, furniture
 
 
@@ -86,7 +87,7 @@ def load_training_groups(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]
 
 @task(cache_policy=NO_CACHE)
 def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes: float | None,
-               batch: int, threads: int) -> str:
+               batch: int, threads: int, lr: float = 3e-3, init_checkpoint: str | None = None) -> str:
     import torch
 
     from model.embedded_teacher import train_network
@@ -94,8 +95,12 @@ def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes
     groups = load_training_groups(paths)
     print("training groups: " + ", ".join(f"{g[0].shape[0]}x{g[0].shape[1]}x{g[0].shape[2]}" for g in groups),
           flush=True)
+    init = None
+    if init_checkpoint:
+        init = torch.load(init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
     model, info = train_network(groups, steps=steps, seed=seed, minutes=minutes, batch=batch, threads=threads,
-                                log=lambda m: print(m, flush=True))
+                                lr=lr, init_state=init, log=lambda m: print(m, flush=True))
+    info["init_checkpoint"] = init_checkpoint
     torch.save({"state_dict": model.state_dict(), "info": info}, checkpoint)
     return checkpoint
 
@@ -116,13 +121,14 @@ def export_task(checkpoint: str, out: str, short_side: int, extra_metadata: dict
 
 
 @flow(name="train-teacher", log_prints=True)
-def train_teacher(out: Path = Path("model/weights/monolidar_teacher_small.onnx"), *, n_scenes: int = 2400,
-                  epochs: float = 8.0, seed: int = 0, minutes: float | None = 25.0,
+def train_teacher(out: Path = SHIPPED_TEACHER, *, n_scenes: int = 1200,
+                  epochs: float = 14.0, seed: int = 0, minutes: float | None = 25.0,
                   short_side: int = DEFAULT_SHORT_SIDE, batch: int = 8, threads: int = 2,
-                  cache_dir: Path | None = None) -> dict:
+                  cache_dir: Path | None = None, lr: float = 3e-3, init_checkpoint: Path | None = None) -> dict:
     """Render ``n_scenes`` procedural scenes, train for ``epochs`` passes (in steps of ``batch`` crops) or
     until ``minutes`` of training wall time (None = no limit), and write the ONNX teacher to ``out``.
 
+    ``init_checkpoint`` (a .pt written by an earlier run) warm-starts the network; ``lr`` is the peak rate.
     Returns a summary (paths, steps, seconds, ORT check); also written as JSON beside the checkpoint.
     """
     if n_scenes < 1 or epochs <= 0 or short_side % 14:
@@ -134,12 +140,17 @@ def train_teacher(out: Path = Path("model/weights/monolidar_teacher_small.onnx")
     paths = render_training_set(n_scenes, seed, short_side, str(cache))
     render_s = time.monotonic() - start
     steps = max(1, int(round(epochs * n_scenes / batch)))
-    checkpoint = str(cache / f"teacher_{stable_hash([n_scenes, epochs, seed, short_side, batch])}.pt")
-    train_task(paths, checkpoint, steps, seed, minutes, batch, threads)
+    init = str(init_checkpoint) if init_checkpoint else None
+    init_key = sha256_file(init)[:16] if init else None
+    checkpoint = str(cache / f"teacher_{stable_hash([n_scenes, epochs, seed, short_side, batch, lr, init_key])}.pt")
+    train_task(paths, checkpoint, steps, seed, minutes, batch, threads, lr, init)
     meta = {"monolidar.train_scenes": str(n_scenes), "monolidar.train_seed": str(seed)}
+    if init_key:
+        meta["monolidar.init_checkpoint_sha256"] = init_key
     summary = export_task(checkpoint, str(out), short_side, meta)
     summary.update({"render_seconds": round(render_s, 1), "total_seconds": round(time.monotonic() - start, 1),
-                    "n_scenes": n_scenes, "epochs": epochs, "seed": seed, "minutes": minutes})
+                    "n_scenes": n_scenes, "epochs": epochs, "seed": seed, "minutes": minutes, "lr": lr,
+                    "checkpoint": checkpoint})
     Path(checkpoint).with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     print(f"train-teacher: wrote {out} ({summary['bytes'] / 1e6:.1f} MB) in {summary['total_seconds']:.0f}s",
           flush=True)

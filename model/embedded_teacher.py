@@ -165,7 +165,7 @@ def ssi_disparity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     """Scale-and-shift-invariant L1 in disparity space (+ gradient matching), mean over the batch.
 
     Each target is first normalised by its mean absolute deviation from its median, so near indoor scenes
-    and far streets weigh the same.
+    and far streets weigh the same. A sign term (relu(-correlation)) keeps the least-squares scale positive.
     """
     if mask is None:
         mask = torch.ones_like(target, dtype=torch.bool)
@@ -177,7 +177,15 @@ def ssi_disparity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     aligned = align_scale_shift(pred, target_n, mask)
     residual = (aligned - target_n) * mask
     l1 = residual.abs().sum() / mask.sum().clamp_min(1)
-    return l1 + grad_weight * gradient_matching(aligned - target_n, mask)
+    # Least squares happily picks a NEGATIVE scale, which would let the net learn depth instead of
+    # disparity (larger = farther) at no cost. Penalise negative correlation with the target so the
+    # output keeps the convention larger = nearer.
+    m = mask.float()
+    n = m.sum((-2, -1)).clamp_min(1.0)
+    pc = (pred - (m * pred).sum((-2, -1), keepdim=True) / n.view(b, 1, 1)) * m
+    tc = (target_n - (m * target_n).sum((-2, -1), keepdim=True) / n.view(b, 1, 1)) * m
+    corr = (pc * tc).sum((-2, -1)) / ((pc * pc).sum((-2, -1)) * (tc * tc).sum((-2, -1))).sqrt().clamp_min(1e-8)
+    return l1 + grad_weight * gradient_matching(aligned - target_n, mask) + F.relu(-corr).mean()
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -197,7 +205,7 @@ def aligned_depth_metrics(pred_disparity: np.ndarray, gt_depth: np.ndarray, *, m
     gt = gt_depth[valid].astype(np.float64)
     ratio = np.maximum(depth / gt, gt / depth)
     return {"abs_rel": float(np.mean(np.abs(depth - gt) / gt)), "delta1": float(np.mean(ratio < 1.25)),
-            "n_pixels": int(valid.sum())}
+            "n_pixels": int(valid.sum()), "scale": float(s)}
 
 
 def ground_plane_disparity(height: int, width: int) -> np.ndarray:
@@ -227,11 +235,12 @@ def _sample_batch(groups: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Ge
 
 def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, seed: int, minutes: float | None = None,
                   batch: int = 8, lr: float = 3e-3, crop_width: int = 320, threads: int = 2,
-                  log_every: int = 50, log=print) -> tuple[DepthNetSmall, dict]:
+                  log_every: int = 50, log=print, init_state: dict | None = None) -> tuple[DepthNetSmall, dict]:
     """Train DepthNetSmall on ``groups`` = [(rgb uint8 (N,H,W,3), target disparity float32 (N,H,W)), ...].
 
     AdamW with warm-up then cosine decay; progress = max(step/steps, elapsed/minutes), so a wall-time budget
     ends the run with a fully decayed learning rate. With ``minutes=None`` the run is deterministic.
+    ``init_state``: a DepthNetSmall state_dict to start from instead of a random initialisation.
     """
     import time
 
@@ -240,6 +249,8 @@ def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, se
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     model = DepthNetSmall()
+    if init_state is not None:  # continue from an earlier run (warm start), same schedule from scratch
+        model.load_state_dict(init_state)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     start = time.monotonic()
     budget = None if minutes is None else 60.0 * minutes
