@@ -51,7 +51,9 @@ class DepthNetSmall(nn.Module):
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 112, 160), dec: tuple[int, ...] = (96, 64, 32, 24)):
         super().__init__()
         w = widths
-        self.stem = ConvBNAct(3, w[0], 3, 2)                                              # 1/2
+        # RGB + a row-coordinate channel (CoordConv): where a pixel sits vertically is a strong depth cue
+        # (ground below the horizon, sky above) that plain convolutions only learn indirectly.
+        self.stem = ConvBNAct(3 + 1, w[0], 3, 2)                                          # 1/2
         self.enc = nn.ModuleList(
             nn.Sequential(ConvBNAct(w[i], w[i + 1], 3, 2), ResidualBlock(w[i + 1])) for i in range(4)
         )                                                                                  # 1/4 .. 1/32
@@ -65,7 +67,10 @@ class DepthNetSmall(nn.Module):
         self.head = nn.Conv2d(cin, 1, 3, padding=1)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        skips = [self.stem(pixel_values)]
+        # Row coordinate in [-1, 1] built from the input's own shape, so ONNX keeps H and W dynamic.
+        rows = torch.ones_like(pixel_values[:, :1]).cumsum(2)
+        rows = (rows - 0.5) / pixel_values.shape[-2] * 2.0 - 1.0
+        skips = [self.stem(torch.cat([pixel_values, rows], dim=1))]
         for stage in self.enc:
             skips.append(stage(skips[-1]))
         x = skips.pop()
@@ -233,6 +238,18 @@ def _sample_batch(groups: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Ge
     return rgb_t, torch.from_numpy(np.ascontiguousarray(disp)).float()
 
 
+def widen_input_channels(state: dict, target: dict) -> dict:
+    """Warm-start a network that takes extra input channels from one that did not: the new channels' conv
+    weights start at zero, so the widened network computes exactly what the old one did."""
+    out = dict(state)
+    for key, value in state.items():
+        want = target.get(key)
+        if want is not None and value.ndim == 4 and want.shape[1] > value.shape[1] and want.shape[0] == value.shape[0]:
+            pad = torch.zeros(value.shape[0], want.shape[1] - value.shape[1], *value.shape[2:], dtype=value.dtype)
+            out[key] = torch.cat([value, pad], dim=1)
+    return out
+
+
 def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, seed: int, minutes: float | None = None,
                   batch: int = 8, lr: float = 3e-3, crop_width: int = 320, threads: int = 2,
                   log_every: int = 50, log=print, init_state: dict | None = None) -> tuple[DepthNetSmall, dict]:
@@ -250,7 +267,7 @@ def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, se
     gen = torch.Generator().manual_seed(seed)
     model = DepthNetSmall()
     if init_state is not None:  # continue from an earlier run (warm start), same schedule from scratch
-        model.load_state_dict(init_state)
+        model.load_state_dict(widen_input_channels(init_state, model.state_dict()))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     start = time.monotonic()
     budget = None if minutes is None else 60.0 * minutes
