@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.pngio import depth_to_uint16, uint16_to_depth
 from tasks.build_config import BuildConfig
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
 from tasks.images import intrinsics_for_canvas
@@ -18,20 +19,12 @@ from tasks.pattern_stats import pattern_stats
 from tasks.sensors import SensorProfile
 
 KITTI_CROP = (352, 1216)
-SPARSE_SCALE = 256.0  # KITTI: uint16 PNG depth = metres * 256
 
 
 @dataclass
 class SimulatedSample:
     arrays: dict[str, np.ndarray]  # rgb, teacher_output, depth, sparse, K, lidar_pose (store layout)
     stats: dict  # manifest statistics
-
-
-def quantize_sparse(sparse_m: np.ndarray) -> np.ndarray:
-    """Metres -> KITTI uint16 (x256, rounded); returns beyond 255.99 m are dropped rather than wrapped."""
-    q = np.rint(sparse_m.astype(np.float64) * SPARSE_SCALE)
-    q[(q > np.iinfo(np.uint16).max) | ~np.isfinite(q)] = 0
-    return q.astype(np.uint16)
 
 
 def simulate_sample(
@@ -60,9 +53,9 @@ def simulate_sample(
         mesh_options=MeshOptions(max_depth_m=config.max_depth_m, ratio_threshold=config.mesh_ratio_threshold),
         see_through=config.see_through,
     )
-    sparse = quantize_sparse(scan.sparse)
+    sparse = depth_to_uint16(scan.sparse)  # the store keeps KITTI uint16 (metres x 256)
     crop = (min(h, KITTI_CROP[0]), min(w, KITTI_CROP[1]))
-    pstats = pattern_stats(sparse.astype(np.float32) / SPARSE_SCALE, crop=crop)
+    pstats = pattern_stats(uint16_to_depth(sparse), crop=crop)
     valid = depth[depth > 0]
     stats = {
         "lidar_points": int(np.count_nonzero(sparse)),
