@@ -1,7 +1,7 @@
 """The dataset build configuration: everything (besides inputs and teacher) that shapes a shard's bytes."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from tasks.provenance import stable_hash
 
@@ -25,7 +25,6 @@ class BuildConfig:
     far_m: tuple[float, float] = (40.0, 80.0)  # depth policy: sampled depth of the far percentile
     max_depth_m: float = 120.0
     mesh_ratio_threshold: float = 1.2  # cut mesh triangles across depth ratios above this
-    extra: dict = field(default_factory=dict)  # free-form, recorded in the store
 
     @property
     def focal(self) -> float:
@@ -44,9 +43,6 @@ class BuildConfig:
                 known[k] = tuple(known[k])
         return cls(**known)
 
-    def shard_affecting(self) -> dict:
-        """The fields that change shard bytes (used in shard keys and in store compatibility checks)."""
-        return self.to_dict()
-
     def hash(self) -> str:
-        return stable_hash(self.shard_affecting())
+        """Every field changes shard bytes: used in shard keys and store compatibility checks."""
+        return stable_hash(self.to_dict())

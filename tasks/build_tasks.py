@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from pathlib import Path
 
 import numpy as np
 from prefect import get_run_logger, task

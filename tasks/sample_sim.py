@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from storage.kitti import KITTI_CROP
 from storage.pngio import depth_to_uint16, uint16_to_depth
 from tasks.build_config import BuildConfig
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
@@ -17,8 +18,6 @@ from tasks.lidar import simulate_lidar
 from tasks.mesh import MeshOptions
 from tasks.pattern_stats import pattern_stats
 from tasks.sensors import SensorProfile
-
-KITTI_CROP = (352, 1216)
 
 
 @dataclass
