@@ -19,7 +19,7 @@ from tasks.errors import GeometryError, InputError
 
 SCENE_KINDS = ("street", "indoor")
 CAMERA_KINDS = ("kitti", "phone")
-TEXTURE_KINDS = ("noise", "stripes", "checker", "bricks", "windows", "plain")
+TEXTURE_KINDS = ("noise", "stripes", "checker", "bricks", "windows", "plain", "gravel", "foliage", "grass")
 _TEX_SIZE = 64
 _ZNEAR, _ZFAR = 0.05, 400.0
 
@@ -95,6 +95,17 @@ def make_texture(rng: np.random.Generator, kind: str, base: np.ndarray, size: in
         return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
     elif kind == "plain":
         shade = 0.95 + 0.1 * _smooth_noise(rng, size, 4)
+    elif kind == "gravel":  # ballast, chippings, rough asphalt: strong texture on flat ground
+        pebbles = np.kron(rng.random((size // 2, size // 2)), np.ones((2, 2)))
+        shade = 0.45 + 0.9 * (0.6 * pebbles + 0.4 * _smooth_noise(rng, size, 8))
+    elif kind == "foliage":  # lit leaf clumps with dark gaps between them
+        clumps = 0.5 * _smooth_noise(rng, size, 8) + 0.5 * _smooth_noise(rng, size, 16)
+        cut = rng.uniform(0.4, 0.55)
+        shade = np.where(clumps > cut, 0.9 + 1.2 * (clumps - cut), 0.3 + 0.3 * clumps)
+        shade = shade * (0.85 + 0.3 * rng.random((size, size)))
+    elif kind == "grass":
+        blades = np.kron(rng.random((size, size // 4)), np.ones((1, 4)))
+        shade = 0.7 + 0.35 * blades + 0.3 * (_smooth_noise(rng, size, 4) - 0.5)
     else:
         raise InputError(f"texture kind {kind!r}: unknown (choose from {', '.join(TEXTURE_KINDS)})")
     img = base[None, None, :] * shade[..., None]
@@ -159,6 +170,107 @@ def _view_rotation(rng: np.random.Generator, pitch_deg: float, roll_deg: float, 
 
 
 # ----------------------------------------------------------------------------------------------- builders
+def _tree(rng: np.random.Generator, x: float, z: float, g: float, scale: float = 1.0) -> list[Part]:
+    """Trunk plus a crown: a round clump of overlapping spheres, or a cone (conifer)."""
+    th, cr = rng.uniform(1.5, 4.5) * scale, rng.uniform(1.0, 3.5) * scale
+    parts = [_part(rng, _cylinder_y(rng.uniform(0.1, 0.35) * scale, th, [x, g - th / 2, z]),
+                   "bark", ("noise", "stripes"), (0.5, 1.5))]
+    if rng.random() < 0.8:
+        blobs = []
+        for _ in range(int(rng.integers(1, 6))):
+            r = cr * rng.uniform(0.5, 0.9)
+            blob = trimesh.creation.icosphere(subdivisions=2, radius=r)
+            blob.apply_translation([x + rng.uniform(-0.6, 0.6) * cr, g - th - cr * rng.uniform(0.4, 1.2),
+                                    z + rng.uniform(-0.6, 0.6) * cr])
+            blobs.append(blob)
+        crown = trimesh.util.concatenate(blobs)
+    else:
+        crown = trimesh.creation.cone(radius=cr, height=cr * 2.5, sections=12)
+        crown.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
+        crown.apply_translation([x, g - th + 0.2, z])
+    parts.append(_part(rng, crown, "leaves", ("foliage", "foliage", "noise"), (0.5, 2.5)))
+    return parts
+
+
+def _car(rng: np.random.Generator, x: float, z: float, g: float) -> list[Part]:
+    """Body, cabin and a dark wheel band: three boxes, driving direction along z."""
+    length, width, hb = rng.uniform(3.8, 5.0), rng.uniform(1.6, 1.9), rng.uniform(0.7, 1.0)
+    car_rng = np.random.default_rng(rng.integers(1 << 62))
+    colour_tex = make_texture(car_rng, "plain", _random_colour(car_rng, "car"))
+    body = _box([width, hb, length], [x, g - 0.3 - hb / 2, z])
+    cabin_h = rng.uniform(0.5, 0.8)
+    cabin = _box([width * 0.9, cabin_h, length * 0.55], [x, g - 0.3 - hb - cabin_h / 2, z - 0.2])
+    wheels = _box([width * 0.95, 0.32, length * 0.8], [x, g - 0.16, z])
+    return [Part(body, colour_tex, 1.0), Part(cabin, make_texture(car_rng, "plain", [45, 55, 65]), 1.0),
+            Part(wheels, np.full((4, 4, 3), 25, np.uint8), 1.0)]
+
+
+def _facades(rng: np.random.Generator, side: int, base_x: float, g: float) -> list[Part]:
+    """A row of building blocks with random widths, heights, setbacks and occasional gaps."""
+    parts, z = [], rng.uniform(-10, 5)
+    while z < 140:
+        w = rng.uniform(5, 25)
+        if rng.random() < 0.85:
+            h, d = rng.uniform(4, 25), rng.uniform(6, 15)
+            x = base_x + side * (d / 2 + rng.uniform(0, 2.0))
+            parts.append(_part(rng, _box([d, h, w], [x, g - h / 2, z + w / 2]), "facade",
+                               ("windows", "bricks", "noise", "stripes", "plain"), (2.0, 5.0)))
+        z += w + (rng.uniform(0, 6) if rng.random() < 0.3 else 0.0)
+    return parts
+
+
+def _roadside(rng: np.random.Generator, side: int, edge: float, g: float, far: float) -> list[Part]:
+    """One side of the road, outward from its edge: urban pavement with facades, a green verge with a tree
+    row, or a gravel track bed with rails; then optionally a wall or hedge and trees or buildings behind."""
+    parts: list[Part] = []
+    style = str(rng.choice(["urban", "green", "rail"], p=[0.5, 0.3, 0.2]))
+    side_w = rng.uniform(1.5, 4.0) if style == "urban" else rng.uniform(2.0, 9.0)
+    centre = edge + side * side_w / 2
+    if style == "urban":
+        kerb = rng.uniform(0.08, 0.18)
+        parts.append(_part(rng, _box([side_w, kerb + 0.2, far + 20], [centre, g - kerb / 2 + 0.1, far / 2]),
+                           "concrete", ("checker", "noise", "plain", "gravel"), (0.5, 2.0)))
+    else:
+        top = rng.uniform(-0.05, 0.12)  # verge or ballast slightly below or above the road
+        palette, kinds = (("grass", ("grass", "noise")) if style == "green"
+                          else ("concrete", ("gravel",)))
+        parts.append(_part(rng, _box([side_w, 0.4, far + 20], [centre, g - top + 0.2, far / 2]), palette, kinds,
+                           (0.3, 2.0)))
+        if style == "rail":
+            for k in range(int(rng.integers(1, 3))):
+                mid = edge + side * rng.uniform(1.2, max(1.3, side_w - 1.2))
+                for off in (-0.7175, 0.7175):  # standard gauge
+                    parts.append(_part(rng, _box([0.07, 0.15, far + 20], [mid + off, g - top - 0.075, far / 2]),
+                                       "metal", ("plain",), (1.0, 2.0)))
+    outer = edge + side * side_w
+    # Things standing along the strip: poles and trees (a dense row on green verges).
+    spacing = rng.uniform(4, 12) if style == "green" else rng.uniform(8, 25)
+    for zz in np.arange(rng.uniform(2, 12), 100, spacing):
+        x = edge + side * rng.uniform(0.4, max(0.5, side_w - 0.3))
+        if style == "urban" and rng.random() < 0.5:
+            ph = rng.uniform(3, 8)
+            parts.append(_part(rng, _cylinder_y(rng.uniform(0.05, 0.15), ph, [x, g - ph / 2, zz]),
+                               "metal", ("plain", "noise"), (1.0, 2.0)))
+        elif style != "rail" or rng.random() < 0.3:
+            parts += _tree(rng, x, zz + rng.uniform(-1, 1), g)
+    # Behind the strip: a wall or hedge, then buildings or a band of trees.
+    if rng.random() < 0.45:
+        h = rng.uniform(0.6, 3.0)
+        hedge = rng.random() < 0.5
+        thick = rng.uniform(0.3, 1.5) if hedge else rng.uniform(0.2, 0.4)
+        z0, z1 = rng.uniform(-5, 10), rng.uniform(40, 150)
+        wall = _box([thick, h, z1 - z0], [outer + side * thick / 2, g - h / 2, (z0 + z1) / 2])
+        parts.append(_part(rng, wall, "leaves", ("foliage",), (0.5, 2.0)) if hedge else
+                     _part(rng, wall, "facade", ("bricks", "noise", "plain"), (0.5, 3.0)))
+    base_x = outer + side * rng.uniform(0.0, 4.0)
+    if rng.random() < (0.85 if style == "urban" else 0.35):
+        parts += _facades(rng, side, base_x, g)
+    elif rng.random() < 0.7:
+        for zz in np.arange(rng.uniform(0, 8), 120, rng.uniform(3, 9)):
+            parts += _tree(rng, base_x + side * rng.uniform(1, 10), zz, g, scale=rng.uniform(1.0, 1.8))
+    return parts
+
+
 def _street_parts(rng: np.random.Generator, cam_h: float) -> list[Part]:
     """Level world frame with the camera at the origin, ground at y = +cam_h (y points down)."""
     parts: list[Part] = []
@@ -169,9 +281,9 @@ def _street_parts(rng: np.random.Generator, cam_h: float) -> list[Part]:
     road_x1 = road_x0 + road_w
     far = 160.0
     ground = _box([400.0, 0.2, 400.0], [0.0, g + 0.1 + 0.15, 150.0])  # terrain slightly below the road
-    parts.append(_part(rng, ground, str(rng.choice(["grass", "concrete"])), ("noise", "plain"), (1.0, 6.0)))
+    parts.append(_part(rng, ground, str(rng.choice(["grass", "concrete"])), ("noise", "plain", "grass"), (1.0, 6.0)))
     road = _box([road_w, 0.2, far + 20], [(road_x0 + road_x1) / 2, g + 0.1, far / 2])
-    parts.append(_part(rng, road, "asphalt", ("noise", "plain"), (0.5, 3.0)))
+    parts.append(_part(rng, road, "asphalt", ("noise", "plain", "gravel"), (0.5, 3.0)))
     # Dashed lane marks 1 cm proud of the road, so render and ray cast agree on what is visible.
     dash, gap = rng.uniform(2.0, 4.0), rng.uniform(4.0, 8.0)
     for k in range(1, lanes * 2 if road_w > 5 else 1):
@@ -181,61 +293,27 @@ def _street_parts(rng: np.random.Generator, cam_h: float) -> list[Part]:
             parts.append(Part(_box([0.15, 0.02, dash], [xm, g - 0.01, z + dash / 2]),
                               np.full((4, 4, 3), 230, np.uint8), 1.0))
             z += dash + gap
-    side_w = rng.uniform(1.5, 4.0)
+    if rng.random() < 0.5:  # solid edge lines
+        for xm in (road_x0 + 0.3, road_x1 - 0.3):
+            parts.append(Part(_box([0.12, 0.02, 90.0], [xm, g - 0.01, 45.0]), np.full((4, 4, 3), 225, np.uint8), 1.0))
     for side, edge in ((-1, road_x0), (1, road_x1)):
-        kerb = rng.uniform(0.08, 0.18)
-        walk_c = edge + side * side_w / 2
-        parts.append(_part(rng, _box([side_w, kerb + 0.2, far + 20], [walk_c, g - kerb / 2 + 0.1, far / 2]),
-                           "concrete", ("checker", "noise", "plain"), (0.5, 2.0)))
-        # Facades: a row of blocks with random widths, heights, setbacks and occasional gaps.
-        z = rng.uniform(-10, 5)
-        base_x = edge + side * (side_w + rng.uniform(0.0, 4.0))
-        if rng.random() < 0.85:
-            while z < 140:
-                w = rng.uniform(5, 25)
-                if rng.random() < 0.85:
-                    h = rng.uniform(4, 25)
-                    d = rng.uniform(6, 15)
-                    x = base_x + side * (d / 2 + rng.uniform(0, 2.0))
-                    parts.append(_part(rng, _box([d, h, w], [x, g - h / 2, z + w / 2]), "facade",
-                                       ("windows", "bricks", "noise", "stripes", "plain"), (2.0, 5.0)))
-                z += w + (rng.uniform(0, 6) if rng.random() < 0.3 else 0.0)
-        # Poles and trees along the pavement.
-        for zz in np.arange(rng.uniform(3, 15), 100, rng.uniform(8, 25)):
-            x = edge + side * rng.uniform(0.4, side_w - 0.2)
-            if rng.random() < 0.5:
-                ph = rng.uniform(3, 8)
-                parts.append(_part(rng, _cylinder_y(rng.uniform(0.05, 0.15), ph, [x, g - ph / 2, zz]),
-                                   "metal", ("plain", "noise"), (1.0, 2.0)))
-            else:
-                th, cr = rng.uniform(1.5, 4.0), rng.uniform(1.0, 3.0)
-                parts.append(_part(rng, _cylinder_y(rng.uniform(0.1, 0.3), th, [x, g - th / 2, zz]),
-                                   "bark", ("noise", "stripes"), (0.5, 1.5)))
-                if rng.random() < 0.6:
-                    crown = trimesh.creation.icosphere(subdivisions=2, radius=cr)
-                    crown.apply_translation([x, g - th - cr * 0.8, zz])
-                else:
-                    crown = trimesh.creation.cone(radius=cr, height=cr * 2.5, sections=12)
-                    crown.apply_transform(trimesh.transformations.rotation_matrix(-np.pi / 2, [1, 0, 0]))
-                    crown.apply_translation([x, g - th + 0.2, zz])
-                parts.append(_part(rng, crown, "leaves", ("noise",), (0.5, 2.0)))
-    # Cars: driving in lanes ahead and parked along the kerbs; body + cabin boxes.
-    for _ in range(int(rng.integers(0, 12))):
-        parked = rng.random() < 0.5
-        if parked:
+        parts += _roadside(rng, side, edge, g, far)
+        if rng.random() < 0.35:  # a row of cars parked along this kerb
+            z = rng.uniform(2, 10)
+            x = edge - side * 1.1
+            while z < rng.uniform(30, 70):
+                if abs(x) > 1.6 or z > 8:  # never a car on top of (or just in front of) the camera
+                    parts += _car(rng, x, z, g)
+                z += rng.uniform(5.0, 9.0)
+    # Cars: driving in lanes ahead and parked along the kerbs.
+    for _ in range(int(rng.integers(0, 10))):
+        if rng.random() < 0.5:
             x = (road_x0 + 1.1) if rng.random() < 0.5 else (road_x1 - 1.1)
         else:
             x = rng.uniform(road_x0 + 1.2, road_x1 - 1.2)
-        zc = rng.uniform(4, 70)
-        length, width, hb = rng.uniform(3.8, 5.0), rng.uniform(1.6, 1.9), rng.uniform(0.7, 1.0)
-        car_rng = np.random.default_rng(rng.integers(1 << 62))
-        colour_tex = make_texture(car_rng, "plain", _random_colour(car_rng, "car"))
-        body = _box([width, hb, length], [x, g - 0.3 - hb / 2, zc])
-        cabin_h = rng.uniform(0.5, 0.8)
-        cabin = _box([width * 0.9, cabin_h, length * 0.55], [x, g - 0.3 - hb - cabin_h / 2, zc - 0.2])
-        wheels = _box([width * 0.95, 0.32, length * 0.8], [x, g - 0.16, zc])
-        parts += [Part(body, colour_tex, 1.0), Part(cabin, make_texture(car_rng, "plain", [45, 55, 65]), 1.0),
-                  Part(wheels, np.full((4, 4, 3), 25, np.uint8), 1.0)]
+        z = rng.uniform(4, 70)
+        if abs(x) > 1.6 or z > 8:
+            parts += _car(rng, x, z, g)
     return parts
 
 
@@ -325,8 +403,12 @@ def generate_scene(seed: int, kind: str = "street", *, camera: str | None = None
     sun = (rot[:3, :3] @ (sun / np.linalg.norm(sun)))
     sky_top = np.clip(np.array([80, 130, 205]) + rng.uniform(-40, 40, 3), 0, 255).astype(np.uint8)
     sky_horizon = np.clip(np.array([205, 215, 228]) + rng.uniform(-30, 25, 3), 0, 255).astype(np.uint8)
+    sun_intensity, ambient = float(rng.uniform(2.0, 5.0)), float(rng.uniform(0.25, 0.5))
+    if rng.random() < 0.3:  # overcast or over-exposed: a near-white sky, soft light
+        sky_top = np.clip(sky_horizon.astype(int) + rng.integers(-10, 30), 0, 255).astype(np.uint8)
+        sun_intensity, ambient = float(rng.uniform(0.8, 2.0)), float(rng.uniform(0.45, 0.8))
     return Scene(parts=parts, K=K, height=height, width=width, kind=kind, seed=int(seed),
-                 sun_direction=sun, sun_intensity=float(rng.uniform(2.0, 5.0)), ambient=float(rng.uniform(0.25, 0.5)),
+                 sun_direction=sun, sun_intensity=sun_intensity, ambient=ambient,
                  sky_top=sky_top, sky_horizon=sky_horizon)
 
 
@@ -412,8 +494,12 @@ def _depth_sample_offset() -> tuple[float, float]:
 
 def render(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise ``scene``: (rgb uint8 HxWx3, depth float32 HxW metres z-depth, 0 = sky / nothing)."""
+    from pyrender import RenderFlags
+
     pr = _pyrender_scene(scene)
-    colour, depth = _renderer(scene.width, scene.height).render(pr)
+    # Cast shadows: real photos are full of them (trees and cars on the road), and a flat road must stay
+    # flat to the network whatever falls on it. Shadows change colour only, never depth.
+    colour, depth = _renderer(scene.width, scene.height).render(pr, flags=RenderFlags.SHADOWS_DIRECTIONAL)
     depth = np.asarray(depth, np.float32).copy()
     rgb = np.asarray(colour[..., :3], np.uint8).copy()
     sky = depth <= 0
