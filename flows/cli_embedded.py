@@ -26,7 +26,11 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate (default 3e-3)")
     p.add_argument("--init", type=Path, default=None,
-                   help="warm start from a checkpoint (.pt) an earlier train-teacher run wrote to the cache")
+                   help="warm start from a checkpoint (.pt) an earlier train-teacher run wrote to the cache, "
+                        "or from an exported teacher (.onnx, e.g. the shipped model)")
+    p.add_argument("--log-depth-weight", type=float, default=0.0,
+                   help="weight of the evaluation-protocol term: |log depth ratio| after disparity-space "
+                        "scale/shift alignment (default 0)")
     p.set_defaults(func=_run)
 
 
@@ -41,7 +45,8 @@ def _run(args: argparse.Namespace) -> int:
 
     summary = train_teacher(args.out, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed,
                             minutes=args.minutes or None, short_side=args.short_side, threads=args.threads,
-                            cache_dir=args.cache_dir, lr=args.lr, init_checkpoint=args.init)
+                            cache_dir=args.cache_dir, lr=args.lr, init_checkpoint=args.init,
+                            log_depth_weight=args.log_depth_weight)
     print(json.dumps({k: summary[k] for k in ("path", "bytes", "monolidar.parameters", "monolidar.train_steps",
                                               "render_seconds", "total_seconds")}, indent=2))
     return 0

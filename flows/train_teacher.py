@@ -85,9 +85,25 @@ def load_training_groups(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]
     return [(np.stack(r), np.stack(d)) for _, (r, d) in sorted(by_shape.items())]
 
 
+def initial_state(init: str, groups: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The DepthNetSmall state_dict to warm-start from: a ``.pt`` checkpoint an earlier run wrote, or an
+    exported teacher ``.onnx`` (the shipped one, say), whose folded BatchNorms are re-factored on up to 16
+    renders of the largest group (``model.embedded_teacher.state_from_onnx``)."""
+    import torch
+
+    from model.embedded_teacher import normalise, state_from_onnx
+
+    if init.endswith(".onnx"):
+        rgb = max(groups, key=lambda g: len(g[0]))[0][:16]
+        calibration = normalise(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0)
+        return state_from_onnx(init, calibration)
+    return torch.load(init, map_location="cpu", weights_only=False)["state_dict"]
+
+
 @task(cache_policy=NO_CACHE)
 def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes: float | None,
-               batch: int, threads: int, lr: float = 3e-3, init_checkpoint: str | None = None) -> str:
+               batch: int, threads: int, lr: float = 3e-3, init_checkpoint: str | None = None,
+               log_depth_weight: float = 0.0) -> str:
     import torch
 
     from model.embedded_teacher import train_network
@@ -95,11 +111,10 @@ def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes
     groups = load_training_groups(paths)
     print("training groups: " + ", ".join(f"{g[0].shape[0]}x{g[0].shape[1]}x{g[0].shape[2]}" for g in groups),
           flush=True)
-    init = None
-    if init_checkpoint:
-        init = torch.load(init_checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    init = initial_state(init_checkpoint, groups) if init_checkpoint else None
     model, info = train_network(groups, steps=steps, seed=seed, minutes=minutes, batch=batch, threads=threads,
-                                lr=lr, init_state=init, log=lambda m: print(m, flush=True))
+                                lr=lr, init_state=init, log=lambda m: print(m, flush=True),
+                                log_depth_weight=log_depth_weight)
     info["init_checkpoint"] = init_checkpoint
     torch.save({"state_dict": model.state_dict(), "info": info}, checkpoint)
     return checkpoint
@@ -124,11 +139,13 @@ def export_task(checkpoint: str, out: str, short_side: int, extra_metadata: dict
 def train_teacher(out: Path = SHIPPED_TEACHER, *, n_scenes: int = 1200,
                   epochs: float = 14.0, seed: int = 0, minutes: float | None = 25.0,
                   short_side: int = DEFAULT_SHORT_SIDE, batch: int = 8, threads: int = 2,
-                  cache_dir: Path | None = None, lr: float = 3e-3, init_checkpoint: Path | None = None) -> dict:
+                  cache_dir: Path | None = None, lr: float = 3e-3, init_checkpoint: Path | None = None,
+                  log_depth_weight: float = 0.0) -> dict:
     """Render ``n_scenes`` procedural scenes, train for ``epochs`` passes (in steps of ``batch`` crops) or
     until ``minutes`` of training wall time (None = no limit), and write the ONNX teacher to ``out``.
 
-    ``init_checkpoint`` (a .pt written by an earlier run) warm-starts the network; ``lr`` is the peak rate.
+    ``init_checkpoint`` (a .pt written by an earlier run, or an exported .onnx teacher) warm-starts the
+    network; ``lr`` is the peak rate; ``log_depth_weight`` weighs the evaluation-protocol loss term.
     Returns a summary (paths, steps, seconds, ORT check); also written as JSON beside the checkpoint.
     """
     if n_scenes < 1 or epochs <= 0 or short_side % 14:
@@ -142,14 +159,17 @@ def train_teacher(out: Path = SHIPPED_TEACHER, *, n_scenes: int = 1200,
     steps = max(1, int(round(epochs * n_scenes / batch)))
     init = str(init_checkpoint) if init_checkpoint else None
     init_key = sha256_file(init)[:16] if init else None
-    checkpoint = str(cache / f"teacher_{stable_hash([n_scenes, epochs, seed, short_side, batch, lr, init_key])}.pt")
-    train_task(paths, checkpoint, steps, seed, minutes, batch, threads, lr, init)
-    meta = {"monolidar.train_scenes": str(n_scenes), "monolidar.train_seed": str(seed)}
+    key = [n_scenes, epochs, seed, short_side, batch, lr, init_key] + ([log_depth_weight] if log_depth_weight else [])
+    checkpoint = str(cache / f"teacher_{stable_hash(key)}.pt")
+    train_task(paths, checkpoint, steps, seed, minutes, batch, threads, lr, init, log_depth_weight)
+    meta = {"monolidar.train_scenes": str(n_scenes), "monolidar.train_seed": str(seed),
+            "monolidar.train_log_depth_weight": str(log_depth_weight)}
     if init_key:
         meta["monolidar.init_checkpoint_sha256"] = init_key
     summary = export_task(checkpoint, str(out), short_side, meta)
     summary.update({"render_seconds": round(render_s, 1), "total_seconds": round(time.monotonic() - start, 1),
                     "n_scenes": n_scenes, "epochs": epochs, "seed": seed, "minutes": minutes, "lr": lr,
+                    "log_depth_weight": log_depth_weight,
                     "checkpoint": checkpoint})
     Path(checkpoint).with_suffix(".json").write_text(json.dumps(summary, indent=2, sort_keys=True))
     print(f"train-teacher: wrote {out} ({summary['bytes'] / 1e6:.1f} MB) in {summary['total_seconds']:.0f}s",

@@ -166,11 +166,13 @@ def gradient_matching(residual: torch.Tensor, mask: torch.Tensor, scales: int = 
 
 
 def ssi_disparity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                       grad_weight: float = 0.5) -> torch.Tensor:
+                       grad_weight: float = 0.5, log_depth_weight: float = 0.0,
+                       max_depth: float = 80.0) -> torch.Tensor:
     """Scale-and-shift-invariant L1 in disparity space (+ gradient matching), mean over the batch.
 
     Each target is first normalised by its mean absolute deviation from its median, so near indoor scenes
     and far streets weigh the same. A sign term (relu(-correlation)) keeps the least-squares scale positive.
+    ``log_depth_weight`` > 0 adds ``aligned_log_depth_error`` (needs ``target`` = metric 1/depth).
     """
     if mask is None:
         mask = torch.ones_like(target, dtype=torch.bool)
@@ -190,7 +192,30 @@ def ssi_disparity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Ten
     pc = (pred - (m * pred).sum((-2, -1), keepdim=True) / n.view(b, 1, 1)) * m
     tc = (target_n - (m * target_n).sum((-2, -1), keepdim=True) / n.view(b, 1, 1)) * m
     corr = (pc * tc).sum((-2, -1)) / ((pc * pc).sum((-2, -1)) * (tc * tc).sum((-2, -1))).sqrt().clamp_min(1e-8)
-    return l1 + grad_weight * gradient_matching(aligned - target_n, mask) + F.relu(-corr).mean()
+    loss = l1 + grad_weight * gradient_matching(aligned - target_n, mask) + F.relu(-corr).mean()
+    if log_depth_weight > 0:
+        loss = loss + log_depth_weight * aligned_log_depth_error(pred, target, mask, max_depth=max_depth)
+    return loss
+
+
+def aligned_log_depth_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                            max_depth: float = 80.0) -> torch.Tensor:
+    """Mean |log(aligned depth / true depth)| over non-sky pixels nearer than ``max_depth``: the evaluation
+    protocol (least-squares scale + shift in disparity, then compare in depth, aligned disparity clamped at
+    1/max_depth) made a loss.
+
+    Why: the disparity-space L1 barely sees far surfaces (their disparity is tiny), yet in depth, where
+    AbsRel and delta<1.25 are measured, a small disparity offset there is a large relative error. The log
+    ratio is AbsRel's symmetric, bounded-gradient cousin. ``target`` is metric disparity 1/depth (0 = sky).
+    """
+    valid = mask & (target >= 1.0 / max_depth)
+    aligned = align_scale_shift(pred, target, valid)
+    floor = 1.0 / max_depth
+    # Soft clamp (smooth near the floor, so far pixels still get a gradient towards the right side).
+    aligned = floor + F.softplus(aligned - floor, beta=50.0 / floor)
+    err = (aligned.log() - target.clamp_min(floor).log()).abs() * valid
+    per_image = err.sum((-2, -1)) / valid.sum((-2, -1)).clamp_min(1)
+    return per_image[valid.flatten(1).any(1)].mean() if valid.any() else pred.new_zeros(())
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -250,14 +275,76 @@ def widen_input_channels(state: dict, target: dict) -> dict:
     return out
 
 
+def state_from_onnx(path, calibration: torch.Tensor) -> dict:
+    """A trainable DepthNetSmall state_dict recovered from an exported teacher ONNX file.
+
+    The exporter folds each BatchNorm into the conv before it (W' = W·γ/σ, b' = β − μ·γ/σ), so the file holds
+    only W' and b'. Conv i of the graph (execution order) is conv i of the module (registration order, the
+    same here). To give BatchNorm back a meaningful state, the conv outputs z = W'·x are measured on
+    ``calibration`` (ImageNet-normalised RGB, (B,3,H,W)) and each BN is set to μ = mean z, σ² = var z,
+    γ = sqrt(σ² + eps), β = b' + μ: it then computes exactly z + b' in eval mode (the ONNX function), and
+    nearly so in train mode, where batch statistics are close to μ and σ². Training can then continue from
+    a shipped file without the checkpoint that produced it.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from tasks.errors import TeacherError
+
+    proto = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    model = DepthNetSmall()
+    modules = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) != len(modules):
+        raise TeacherError(f"{path}: {len(convs)} Conv nodes, DepthNetSmall has {len(modules)}: not this network")
+    # The BatchNorm that follows each bias-free conv inside a ConvBNAct.
+    bn_after = {id(seq[0]): seq[1] for seq in model.modules() if isinstance(seq, ConvBNAct)}
+    biases: dict[int, torch.Tensor] = {}
+    with torch.no_grad():
+        for node, conv in zip(convs, modules):
+            w = torch.from_numpy(inits[node.input[1]].copy())
+            b = torch.from_numpy(inits[node.input[2]].copy()) if len(node.input) > 2 else torch.zeros(w.shape[0])
+            if w.shape != conv.weight.shape:
+                raise TeacherError(f"{path}: {node.name} weight {tuple(w.shape)} != {tuple(conv.weight.shape)}")
+            conv.weight.copy_(w)
+            if id(conv) in bn_after:
+                bn = bn_after[id(conv)]
+                bn.weight.fill_(1.0)
+                bn.bias.copy_(b)
+                bn.running_mean.zero_()
+                bn.running_var.fill_(1.0 - bn.eps)  # (z - 0) / sqrt(1 - eps + eps) = z: exact identity
+                biases[id(conv)] = b
+            else:
+                conv.bias.copy_(b)
+        # Measure the conv outputs of the (now exact) eval-mode network, then re-factor each BN around them.
+        stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        hooks = [conv.register_forward_hook(
+            lambda mod, _inp, out: stats.__setitem__(id(mod), (out.mean((0, 2, 3)), out.var((0, 2, 3)))))
+            for conv in modules if id(conv) in bn_after]
+        model.eval()
+        model(calibration)
+        for h in hooks:
+            h.remove()
+        for conv_id, (mu, var) in stats.items():
+            bn = bn_after[conv_id]
+            bn.running_mean.copy_(mu)
+            bn.running_var.copy_(var)
+            bn.weight.copy_((var + bn.eps).sqrt())
+            bn.bias.copy_(biases[conv_id] + mu)
+    return model.state_dict()
+
+
 def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, seed: int, minutes: float | None = None,
                   batch: int = 8, lr: float = 3e-3, crop_width: int = 320, threads: int = 2,
-                  log_every: int = 50, log=print, init_state: dict | None = None) -> tuple[DepthNetSmall, dict]:
+                  log_every: int = 50, log=print, init_state: dict | None = None,
+                  log_depth_weight: float = 0.0) -> tuple[DepthNetSmall, dict]:
     """Train DepthNetSmall on ``groups`` = [(rgb uint8 (N,H,W,3), target disparity float32 (N,H,W)), ...].
 
     AdamW with warm-up then cosine decay; progress = max(step/steps, elapsed/minutes), so a wall-time budget
     ends the run with a fully decayed learning rate. With ``minutes=None`` the run is deterministic.
     ``init_state``: a DepthNetSmall state_dict to start from instead of a random initialisation.
+    ``log_depth_weight``: weight of the evaluation-protocol term (``aligned_log_depth_error``).
     """
     import time
 
@@ -285,7 +372,7 @@ def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, se
             g["lr"] = lr * scale
         rgb, disp = _sample_batch(groups, rng, batch, crop_width)
         rgb, disp = augment(rgb, disp, gen)
-        loss = ssi_disparity_loss(model(normalise(rgb)), disp)
+        loss = ssi_disparity_loss(model(normalise(rgb)), disp, log_depth_weight=log_depth_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -299,7 +386,7 @@ def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, se
             running = 0.0
     model.eval()
     return model, {"steps": step, "seconds": time.monotonic() - start, "loss_curve": losses, "batch": batch,
-                   "crop_width": crop_width, "lr": lr, "seed": seed}
+                   "crop_width": crop_width, "lr": lr, "seed": seed, "log_depth_weight": log_depth_weight}
 
 
 # ----------------------------------------------------------------------------------------------- export

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from model.embedded_teacher import (DepthNetSmall, align_scale_shift, aligned_depth_metrics, count_parameters,
-                                    export_teacher_onnx, ground_plane_disparity, ssi_disparity_loss,
-                                    train_network)
+from model.embedded_teacher import (DepthNetSmall, align_scale_shift, aligned_depth_metrics,
+                                    aligned_log_depth_error, count_parameters, export_teacher_onnx,
+                                    ground_plane_disparity, ssi_disparity_loss, state_from_onnx, train_network)
 
 SHIPPED = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
 
@@ -41,6 +41,62 @@ def test_alignment_recovers_scale_and_shift_and_loss_ignores_them():
     mask[:, :10] = True
     corrupted = torch.where(mask, pred, torch.full_like(pred, 100.0))
     assert float(ssi_disparity_loss(corrupted, target, mask)) < 1e-4
+
+
+def test_log_depth_term_is_zero_for_an_affine_disparity_and_ignores_sky_and_far():
+    g = torch.Generator().manual_seed(1)
+    depth = 2.0 + 60.0 * torch.rand(2, 24, 32, generator=g)
+    target = 1.0 / depth
+    target[:, :4] = 0.0                                   # sky
+    target[:, 4:6] = 1.0 / 200.0                          # beyond max_depth: not scored
+    mask = torch.ones_like(target, dtype=torch.bool)
+    pred = 3.0 * target + 0.2
+    assert float(aligned_log_depth_error(pred, target, mask)) < 1e-4
+    # Garbage where nothing is scored changes nothing; a wrong ordering where it is scored costs.
+    junk = pred.clone()
+    junk[:, :6] = 50.0
+    assert float(aligned_log_depth_error(junk, target, mask)) < 1e-4
+    wrong = pred.clone()
+    wrong[:, 12:] = wrong[:, 12:].flip(-1)
+    assert float(aligned_log_depth_error(wrong, target, mask)) > 0.05
+    # It is part of the training loss only when asked for, and it is differentiable.
+    wrong.requires_grad_(True)
+    base = ssi_disparity_loss(wrong, target, mask)
+    both = ssi_disparity_loss(wrong, target, mask, log_depth_weight=1.0)
+    assert float(both.detach()) > float(base.detach())
+    both.backward()
+    assert torch.isfinite(wrong.grad).all() and wrong.grad.abs().sum() > 0
+
+
+def test_state_recovered_from_onnx_reproduces_the_exported_network(tmp_path):
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    net = DepthNetSmall()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so the folding really changes the weights
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    out = tmp_path / "t.onnx"
+    export_teacher_onnx(net.eval(), out, short_side=56, check_size=(42, 70))
+    x = torch.randn(4, 3, 56, 84, generator=torch.Generator().manual_seed(2))
+    recovered = DepthNetSmall()
+    recovered.load_state_dict(state_from_onnx(out, x))
+    ref = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x.numpy()})[0]
+    with torch.no_grad():
+        got_eval = recovered.eval()(x).numpy()
+        got_train = recovered.train()(x).numpy()  # BN on batch statistics: those it was calibrated on
+    scale = np.abs(ref).max()
+    assert np.abs(got_eval - ref).max() / scale < 1e-4
+    assert np.abs(got_train - ref).max() / scale < 1e-2
+    with pytest.raises(Exception, match="Conv"):
+        from model.embedded_teacher import ConvBNAct  # noqa: F401  (any other graph is refused by name)
+        other = tmp_path / "other.onnx"
+        torch.onnx.export(torch.nn.Conv2d(3, 1, 3), (torch.zeros(1, 3, 8, 8),), str(other), dynamo=False)
+        state_from_onnx(other, x)
 
 
 def test_aligned_metrics_and_ground_plane_baseline():
