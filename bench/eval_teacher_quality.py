@@ -5,7 +5,10 @@ and delta<1.25 compared in DEPTH (aligned disparity clamped at 1/max_depth); the
 images. Data: held-out procedural renders (seeds never used in training, full camera resolution, sky
 excluded), /work/shared/data/kitti_gt (uint16 PNG, m x 256) and /work/shared/data/nyu (uint16 PNG, mm).
 
-    python bench/eval_teacher_quality.py [--teacher PATH] [--renders 24] [--seed 0] [--kitti-predictions DIR]
+    python bench/eval_teacher_quality.py [--teacher PATH [PATH ...]] [--renders 24] [--seed 0]
+                                         [--kitti-predictions DIR]
+
+Several ``--teacher`` files are scored on the same frames in one run (one table row per teacher and set).
 """
 from __future__ import annotations
 
@@ -69,7 +72,8 @@ def evaluate(teacher, frames, max_depth: float, predictions: Path | None = None)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", type=Path, default=None, help="ONNX teacher (default: the shipped one)")
+    parser.add_argument("--teacher", type=Path, nargs="+", default=[None],
+                        help="ONNX teacher(s) (default: the shipped one)")
     parser.add_argument("--renders", type=int, default=24, help="held-out renders per scene kind")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -79,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from model.teacher import Teacher
 
-    teacher = Teacher(args.teacher, threads=args.threads)
-    print(f"teacher: {teacher.path} (short side {teacher.short_side}, {teacher.path.stat().st_size / 1e6:.1f} MB)")
+    teachers = [Teacher(path, threads=args.threads) for path in args.teacher]
+    for i, teacher in enumerate(teachers):
+        print(f"teacher #{i}: {teacher.path} (short side {teacher.short_side}, "
+              f"{teacher.path.stat().st_size / 1e6:.1f} MB)")
     sets = [
         ("held-out street renders", lambda: render_frames(args.renders, args.seed, "street"), 80.0),
         ("held-out indoor renders", lambda: render_frames(args.renders, args.seed, "indoor"), 80.0),
@@ -89,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.kitti_predictions is not None:
         sets = [("KITTI via `monolidar teacher`", lambda: kitti_frames(SHARED / "kitti_gt"), 80.0)]
-    header = f"{'data':30s} {'n':>3s} | {'teacher AbsRel':>14s} {'teacher d1':>10s} | {'ground AbsRel':>13s} " \
+    header = f"{'data':30s} {'#':>2s} {'n':>3s} | {'teacher AbsRel':>14s} {'teacher d1':>10s} | {'ground AbsRel':>13s} " \
              f"{'ground d1':>9s} | {'AbsRel ratio':>12s}"
     print(header)
     print("-" * len(header))
@@ -97,12 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         if "renders" not in name and not SHARED.is_dir():
             print(f"{name:30s} skipped: {SHARED} not found")
             continue
-        start = time.perf_counter()
-        r = evaluate(teacher, frames(), max_depth, args.kitti_predictions if "via" in name else None)
-        ratio = r["teacher_abs_rel"] / r["ground_abs_rel"]
-        print(f"{name:30s} {r['n']:3d} | {r['teacher_abs_rel']:14.3f} {r['teacher_delta1']:10.3f} | "
-              f"{r['ground_abs_rel']:13.3f} {r['ground_delta1']:9.3f} | {ratio:12.2f}  "
-              f"({time.perf_counter() - start:.1f}s)", flush=True)
+        cached = list(frames())  # the same frames for every teacher
+        for i, teacher in enumerate(teachers):
+            start = time.perf_counter()
+            r = evaluate(teacher, cached, max_depth, args.kitti_predictions if "via" in name else None)
+            ratio = r["teacher_abs_rel"] / r["ground_abs_rel"]
+            print(f"{name:30s} {i:2d} {r['n']:3d} | {r['teacher_abs_rel']:14.3f} {r['teacher_delta1']:10.3f} | "
+                  f"{r['ground_abs_rel']:13.3f} {r['ground_delta1']:9.3f} | {ratio:12.2f}  "
+                  f"({time.perf_counter() - start:.1f}s)", flush=True)
     print("AbsRel ratio = teacher / ground-plane guess (< 1: the teacher is better); "
           "alignment: per-image LS scale+shift in disparity space, metrics in depth.")
     return 0
