@@ -85,28 +85,13 @@ def load_training_groups(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]
     return [(np.stack(r), np.stack(d)) for _, (r, d) in sorted(by_shape.items())]
 
 
-def initial_state(init: str, groups: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The DepthNetSmall state_dict to warm-start from: a ``.pt`` checkpoint an earlier run wrote, or an
-    exported teacher ``.onnx`` (the shipped one, say), whose folded BatchNorms are re-factored on up to 16
-    renders of the largest group (``model.embedded_teacher.state_from_onnx``)."""
-    import torch
-
-    from model.embedded_teacher import normalise, state_from_onnx
-
-    if init.endswith(".onnx"):
-        rgb = max(groups, key=lambda g: len(g[0]))[0][:16]
-        calibration = normalise(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0)
-        return state_from_onnx(init, calibration)
-    return torch.load(init, map_location="cpu", weights_only=False)["state_dict"]
-
-
 @task(cache_policy=NO_CACHE)
 def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes: float | None,
                batch: int, threads: int, lr: float = 3e-3, init_checkpoint: str | None = None,
                log_depth_weight: float = 0.0) -> str:
     import torch
 
-    from model.embedded_teacher import train_network
+    from model.embedded_teacher import initial_state, train_network
 
     groups = load_training_groups(paths)
     print("training groups: " + ", ".join(f"{g[0].shape[0]}x{g[0].shape[1]}x{g[0].shape[2]}" for g in groups),
@@ -159,6 +144,7 @@ def train_teacher(out: Path = SHIPPED_TEACHER, *, n_scenes: int = 1200,
     steps = max(1, int(round(epochs * n_scenes / batch)))
     init = str(init_checkpoint) if init_checkpoint else None
     init_key = sha256_file(init)[:16] if init else None
+    # The weight joins the key only when set, so runs without it keep the checkpoint names they had.
     key = [n_scenes, epochs, seed, short_side, batch, lr, init_key] + ([log_depth_weight] if log_depth_weight else [])
     checkpoint = str(cache / f"teacher_{stable_hash(key)}.pt")
     train_task(paths, checkpoint, steps, seed, minutes, batch, threads, lr, init, log_depth_weight)

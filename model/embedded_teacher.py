@@ -12,6 +12,8 @@ keeps sky (infinite depth) finite.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -275,7 +277,7 @@ def widen_input_channels(state: dict, target: dict) -> dict:
     return out
 
 
-def state_from_onnx(path, calibration: torch.Tensor) -> dict:
+def state_from_onnx(path: str | Path, calibration: torch.Tensor) -> dict:
     """A trainable DepthNetSmall state_dict recovered from an exported teacher ONNX file.
 
     The exporter folds each BatchNorm into the conv before it (W' = W·γ/σ, b' = β − μ·γ/σ), so the file holds
@@ -333,6 +335,17 @@ def state_from_onnx(path, calibration: torch.Tensor) -> dict:
             bn.weight.copy_((var + bn.eps).sqrt())
             bn.bias.copy_(biases[conv_id] + mu)
     return model.state_dict()
+
+
+def initial_state(init: str | Path, groups: list[tuple[np.ndarray, np.ndarray]]) -> dict:
+    """The DepthNetSmall state_dict to warm-start from: a ``.pt`` checkpoint an earlier run wrote, or an
+    exported teacher ``.onnx`` (the shipped one, say), whose folded BatchNorms are re-factored on up to 16
+    images of the largest training group (``state_from_onnx``)."""
+    if str(init).endswith(".onnx"):
+        rgb = max(groups, key=lambda g: len(g[0]))[0][:16]
+        calibration = normalise(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0)
+        return state_from_onnx(init, calibration)
+    return torch.load(init, map_location="cpu", weights_only=False)["state_dict"]
 
 
 def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, seed: int, minutes: float | None = None,
@@ -396,7 +409,6 @@ def export_teacher_onnx(model: nn.Module, out, *, short_side: int, check_size: t
     ``predicted_depth`` [B,H,W], dynamic batch/height/width) with metadata ``monolidar.output_kind`` =
     "disparity" and ``monolidar.short_side``; verify onnxruntime against torch at another size."""
     import io
-    from pathlib import Path
 
     import onnx
     import onnxruntime as ort

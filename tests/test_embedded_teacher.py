@@ -7,9 +7,19 @@ import numpy as np
 import pytest
 import torch
 
-from model.embedded_teacher import (DepthNetSmall, align_scale_shift, aligned_depth_metrics,
-                                    aligned_log_depth_error, count_parameters, export_teacher_onnx,
-                                    ground_plane_disparity, ssi_disparity_loss, state_from_onnx, train_network)
+from model.embedded_teacher import (
+    DepthNetSmall,
+    align_scale_shift,
+    aligned_depth_metrics,
+    aligned_log_depth_error,
+    count_parameters,
+    export_teacher_onnx,
+    ground_plane_disparity,
+    ssi_disparity_loss,
+    state_from_onnx,
+    train_network,
+)
+from tasks.errors import TeacherError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
 
@@ -92,10 +102,9 @@ def test_state_recovered_from_onnx_reproduces_the_exported_network(tmp_path):
     scale = np.abs(ref).max()
     assert np.abs(got_eval - ref).max() / scale < 1e-4
     assert np.abs(got_train - ref).max() / scale < 1e-2
-    with pytest.raises(Exception, match="Conv"):
-        from model.embedded_teacher import ConvBNAct  # noqa: F401  (any other graph is refused by name)
-        other = tmp_path / "other.onnx"
-        torch.onnx.export(torch.nn.Conv2d(3, 1, 3), (torch.zeros(1, 3, 8, 8),), str(other), dynamo=False)
+    other = tmp_path / "other.onnx"  # any other graph is refused, naming the file
+    torch.onnx.export(torch.nn.Conv2d(3, 1, 3), (torch.zeros(1, 3, 8, 8),), str(other), dynamo=False)
+    with pytest.raises(TeacherError, match="other.onnx: 1 Conv nodes"):
         state_from_onnx(other, x)
 
 
