@@ -1,27 +1,31 @@
-"""DMD3C's ablation, small: what stage 1 (pre-training on photo-made LiDAR data) and the SSI term bring.
+"""DMD3C's ablation at a size a 2-core CPU box affords, with seeds: what stage 1 (pre-training on photo-made
+LiDAR data) and the SSI term bring, and the zero-shot protocol with a realistic sparse pattern.
 
-Data: the shared KITTI frames (/work/shared/data/kitti_gt) with sparse input made from the GT scan lines
-(``storage.kitti.kitti_dc_from_gt_dir``); metrics only on GT pixels that were NOT given as input.
-With two frames, stage 2 is a 2-fold cross-validation: fine-tune on one frame, evaluate on the other, and
-the table averages the two held-out frames (no row is scored on a frame it was trained on).
+Data: the two shared KITTI frames (/work/shared/data/kitti_gt), cut to KITTI's 352x1216 benchmark crop.
+Sparse input is sampled from the ground truth (``model.sparse_protocols``) with the HDL-64E pattern (the
+profile's beams cast from its mount pose through the GT, with its drops) or the older 64-row pattern.
+Scores count only GT pixels NOT given as input. Stage 2 trains on the LEFT half (columns 0-607) of both
+frames and every row of the ablation is scored on the RIGHT half (608-1215), so nothing is scored on pixels
+it was trained on. Zero-shot rows (no KITTI training) are also scored on the full frames.
 
-Rows:
-- IP-Basic (no learning);
-- fine-tune only: stage 2 from random init (sparse GT + SSI);
-- stage 1 only: pre-trained on a store built from /work/shared/data/natural, no KITTI training;
-- stage 1 + 2 with SSI; stage 1 + 2 without SSI (lambda = 0).
+Rows: IP-Basic; fine-tune only (stage 2 from random init, SSI); stage 1 only; stage 1 + 2 with SSI
+(closed-form least squares, "lsq"); stage 1 + 2 with DMD3C's SSI variant (median/MAD in random crops);
+stage 1 + 2 without SSI. Stage-2 rows run with several seeds (mean ± std); stage 1 is one run (its seed
+is fixed: a second 30-minute run per seed does not fit this box).
 
-Usage: python bench/ablation.py [--work DIR] [--teacher PATH.onnx] [--store STORE] [--stage1-steps N]
-       [--stage2-steps N] [--crop H W] [--threads N]
-Budget with the defaults: ~15 min on a shared 2-core CPU box. Prints a markdown table.
+Subcommands (each resumable; results are JSON files under WORK/results):
+  prepare                         KITTI dirs for both patterns (full / train-left / test-right)
+  zeroshot --ckpt C [--tag T]     score a checkpoint (or IP-Basic with --ckpt ipbasic) zero-shot
+  stage2 --row R --seed S [...]   one stage-2 run + its score (R: finetune_only, s12_lsq, s12_mad, s12_nossi)
+  table                           print the markdown tables from the results
+Usage: python bench/ablation.py --work DIR SUBCOMMAND ...
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,115 +38,186 @@ import numpy as np  # noqa: E402
 SHARED = REPO.parent / "shared" / "data"
 KITTI_K = np.array([[707.0493, 0, 604.0814], [0, 707.0493, 180.5066], [0, 0, 1]], dtype=np.float32)
 KEYS = ("rmse_mm", "mae_mm", "irmse_1km", "imae_1km", "absrel", "delta1")
+PATTERNS = ("hdl64e", "lines")
+SPLIT_COL = 608
+ROWS = {  # stage-2 rows: (init from stage 1?, ssi weight factor, ssi variant)
+    "finetune_only": (False, 1.0, "lsq"),
+    "s12_lsq": (True, 1.0, "lsq"),
+    "s12_mad": (True, 1.0, "median_mad"),
+    "s12_nossi": (True, 0.0, "lsq"),
+}
+LABELS = {"ipbasic": "IP-Basic", "finetune_only": "fine-tune only (SSI lsq)", "stage1": "stage 1 only",
+          "s12_lsq": "stage 1 + 2, SSI least squares", "s12_mad": "stage 1 + 2, SSI median/MAD (DMD3C)",
+          "s12_nossi": "stage 1 + 2, no SSI"}
+# Published figures on OTHER data (KITTI val / test, real scans): anchors for scale, not comparable rows.
+ANCHORS = [("DMD3C stage 1 only, zero-shot, KITTI val", 1425, 372),
+           ("OMNI-DC zero-shot, KITTI 64-line", 1191, 270),
+           ("IP-Basic, KITTI test set", 1288, 303)]
 
 
-def make_kitti_dirs(work: Path, gt_root: Path, seed: int) -> dict[str, Path]:
-    """One val_selection_cropped dir per frame (for the folds), sparse = GT scan lines."""
-    from storage.kitti import kitti_dc_from_gt_dir
+def prepare(work: Path, seed: int = 0) -> dict[str, Path]:
+    """val_selection_cropped dirs per pattern: full frames, left halves (train), right halves (test)."""
+    from model.sparse_protocols import sparse_from_gt
+    from storage.kitti import crop_kitti, write_kitti_dc
+    from storage.pngio import read_depth_png, read_rgb
+    from tasks.provenance import derive_seed
 
     dirs = {}
-    for rgb in sorted((gt_root / "rgb").glob("*.png")):
-        src = work / "frames" / rgb.stem
-        for sub in ("rgb", "depth"):
-            (src / sub).mkdir(parents=True, exist_ok=True)
-            link = src / sub / rgb.name
-            if not link.exists():
-                link.symlink_to(gt_root / sub / rgb.name)
-        out = work / "kitti" / rgb.stem
-        if not out.exists():
-            kitti_dc_from_gt_dir(src / "rgb", src / "depth", out, KITTI_K, crop=True, n_lines=64, seed=seed)
-        dirs[rgb.stem] = out
+    frames = []
+    for rgb_path in sorted((SHARED / "kitti_gt" / "rgb").glob("*.png")):
+        rgb, y0, x0 = crop_kitti(read_rgb(rgb_path), source=rgb_path)
+        gt, _, _ = crop_kitti(read_depth_png(SHARED / "kitti_gt" / "depth" / rgb_path.name), source=rgb_path)
+        K = KITTI_K.copy()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        frames.append((rgb_path.stem, rgb, gt, K))
+    for pattern in PATTERNS:
+        samples = {"full": [], "train": [], "test": []}
+        for stem, rgb, gt, K in frames:
+            sparse = sparse_from_gt(gt, K, pattern, seed=derive_seed(seed, "sparse", stem))
+            samples["full"].append({"name": stem, "rgb": rgb, "sparse": sparse, "gt": gt, "K": K})
+            for part, sl in (("train", slice(0, SPLIT_COL)), ("test", slice(SPLIT_COL, None))):
+                k = K.copy()
+                k[0, 2] -= sl.start or 0
+                samples[part].append({"name": f"{stem}-{part}", "rgb": rgb[:, sl], "sparse": sparse[:, sl],
+                                      "gt": gt[:, sl], "K": k})
+        for part, rows in samples.items():
+            out = work / "kitti" / f"{pattern}-{part}"
+            if not out.exists():
+                write_kitti_dc(out, rows)
+            dirs[f"{pattern}-{part}"] = out
+            density = float(np.mean([(r["sparse"] > 0).mean() for r in rows]))
+            print(f"{out}: {len(rows)} frames, input density {density:.4f}")
     return dirs
 
 
-def build_store(work: Path, teacher: str | None, seed: int) -> Path:
-    from flows.cli import main
-
-    store = work / "natural.zarr"
-    if not (store / "manifest").is_dir():
-        argv = ["build", "--images", str(SHARED / "natural"), "--out", str(store), "--samples-per-image", "2",
-                "--shard-size", "4", "--seed", str(seed), "--quiet", "--previews", "0"]
-        if teacher:
-            argv += ["--teacher", teacher]
-        rc = main(argv)
-        if rc != 0:
-            raise SystemExit(f"monolidar build failed with exit code {rc}")
-    return store
-
-
-def evaluate(kitti: Path, ckpt: Path | None) -> dict:
+def score(kitti: Path, ckpt: str) -> dict:
     from flows.train import evaluate_flow
 
-    kw = dict(ckpt=str(ckpt)) if ckpt else dict(baseline="ipbasic")
-    return evaluate_flow(kitti=str(kitti), exclude_input=True, compare_ipbasic=False, progress=False, **kw)
+    kw = dict(baseline="ipbasic") if ckpt == "ipbasic" else dict(ckpt=ckpt)
+    r = evaluate_flow(kitti=str(kitti), exclude_input=True, compare_ipbasic=False, progress=False, **kw)
+    return {k: r[k] for k in (*KEYS, "n_images", "n_pixels")}
 
 
-def main() -> int:
+def cmd_zeroshot(args) -> None:
+    res = {}
+    for pattern in PATTERNS:
+        for part in ("full", "test"):
+            res[f"{pattern}-{part}"] = score(args.work / "kitti" / f"{pattern}-{part}", args.ckpt)
+    tag = args.tag or ("ipbasic" if args.ckpt == "ipbasic" else "stage1")
+    _write(args.work, f"zeroshot-{tag}", {"ckpt": args.ckpt, "scores": res})
+
+
+def cmd_stage2(args) -> None:
+    from flows.train import finetune_flow
+
+    init, factor, variant = ROWS[args.row]
+    if init and not args.stage1:
+        raise SystemExit("--stage1 CKPT is needed for this row")
+    out = args.work / "stage2" / f"{args.row}-s{args.seed}"
+    s2 = finetune_flow(kitti=str(args.work / "kitti" / f"{args.pattern}-train"), out=str(out),
+                       init=args.stage1 if init else None, ssi_weight=args.ssi_weight * factor, ssi_variant=variant,
+                       steps=args.steps, warmup=max(1, args.steps // 10), batch_size=args.batch_size,
+                       crop_h=args.crop[0], crop_w=args.crop[1], lr=args.lr, seed=args.seed, threads=args.threads,
+                       ckpt_every=50, teacher_cache=str(args.work / ".monolidar-cache"), progress=False)
+    curve = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    result = {"row": args.row, "seed": args.seed, "steps": args.steps, "seconds": s2["seconds"],
+              "curve": [{"step": c["step"], "loss": c["window_loss"], **{k: c[k] for k in ("sup", "ssi") if k in c}}
+                        for c in curve],
+              "score": score(args.work / "kitti" / f"{args.pattern}-test", s2["checkpoint"]),
+              "config": {"pattern": args.pattern, "ssi_weight": args.ssi_weight * factor, "ssi_variant": variant,
+                         "crop": list(args.crop), "batch_size": args.batch_size, "lr": args.lr}}
+    _write(args.work, f"stage2-{args.row}-s{args.seed}", result)
+
+
+def _write(work: Path, name: str, obj: dict) -> None:
+    path = work / "results" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+    print(f"wrote {path}")
+
+
+def _fmt(vals: list[float], digits: int) -> str:
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{np.mean(vals):.{digits}f} ± {np.std(vals, ddof=1):.{digits}f}"
+
+
+def cmd_table(args) -> None:
+    res = {p.stem: json.loads(p.read_text()) for p in sorted((args.work / "results").glob("*.json"))}
+    print(f"Ablation (scored on the right halves of the {2} KITTI frames, HDL-64E-pattern input from GT, "
+          f"only pixels not given as input; mean ± std over seeds)\n")
+    print("| method | seeds | RMSE mm | MAE mm | iRMSE 1/km | iMAE 1/km | AbsRel | δ<1.25 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for tag in ("ipbasic", "stage1"):
+        r = res.get(f"zeroshot-{tag}")
+        if r:
+            s = r["scores"]["hdl64e-test"]
+            print(f"| {LABELS[tag]} | - | " + " | ".join(_fmt([s[k]], d) for k, d in zip(KEYS, (0, 0, 2, 2, 4, 4)))
+                  + " |")
+    for row in ROWS:
+        runs = [v for k, v in res.items() if k.startswith(f"stage2-{row}-s")]
+        if runs:
+            print(f"| {LABELS[row]} | {len(runs)} | " + " | ".join(
+                _fmt([r["score"][k] for r in runs], d) for k, d in zip(KEYS, (0, 0, 2, 2, 4, 4))) + " |")
+    print("\nZero-shot on the full frames (no KITTI training), both sparse patterns:\n")
+    print("| method | pattern | RMSE mm | MAE mm | AbsRel | δ<1.25 | input density |")
+    print("|---|---|---|---|---|---|---|")
+    for tag in ("ipbasic", "stage1"):
+        r = res.get(f"zeroshot-{tag}")
+        for pattern in PATTERNS if r else ():
+            s = r["scores"][f"{pattern}-full"]
+            print(f"| {LABELS[tag]} | {pattern} | {s['rmse_mm']:.0f} | {s['mae_mm']:.0f} | {s['absrel']:.4f} | "
+                  f"{s['delta1']:.4f} | {_density(args.work, pattern):.4f} |")
+    for name, rmse, mae in ANCHORS:
+        print(f"| {name} (published, other data) | real scan | {rmse} | {mae} | - | - | - |")
+    print("\nStage-2 learning curves (window-mean loss at steps, seed-mean):\n")
+    for row in ROWS:
+        runs = [v for k, v in res.items() if k.startswith(f"stage2-{row}-s")]
+        if runs:
+            steps = [c["step"] for c in runs[0]["curve"]]
+            mean = np.mean([[c["loss"] for c in r["curve"]] for r in runs], axis=0)
+            pick = sorted({0, len(steps) // 4, len(steps) // 2, 3 * len(steps) // 4, len(steps) - 1})
+            print(f"- {LABELS[row]}: " + ", ".join(f"{steps[i]}: {mean[i]:.3f}" for i in pick))
+
+
+def _density(work: Path, pattern: str) -> float:
+    from storage.kitti import find_kitti_dc, load_kitti_item
+
+    return float(np.mean([(load_kitti_item(i)["sparse"] > 0).mean()
+                          for i in find_kitti_dc(work / "kitti" / f"{pattern}-full")]))
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/monolidar-ablation"))
-    ap.add_argument("--teacher", default=None, help="teacher .onnx (default: the embedded teacher)")
-    ap.add_argument("--store", default=None, help="existing store for stage 1 (default: build one)")
-    ap.add_argument("--stage1-steps", type=int, default=300)
-    ap.add_argument("--stage2-steps", type=int, default=80)
-    ap.add_argument("--crop", type=int, nargs=2, default=(128, 256))
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--ssi-weight", type=float, default=0.2)
-    ap.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of both stages")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared 2-core box, 2 threads oversubscribe and run ~8x slower)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fresh", action="store_true", help="delete the work dir first")
-    args = ap.parse_args()
-
-    from flows.train import finetune_flow, pretrain_flow
-
-    if args.fresh and args.work.exists():
-        shutil.rmtree(args.work)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("prepare")
+    z = sub.add_parser("zeroshot")
+    z.add_argument("--ckpt", required=True, help="checkpoint, or 'ipbasic'")
+    z.add_argument("--tag", default=None)
+    s = sub.add_parser("stage2")
+    s.add_argument("--row", choices=tuple(ROWS), required=True)
+    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--stage1", default=None, help="stage-1 checkpoint (rows that start from stage 1)")
+    s.add_argument("--pattern", choices=PATTERNS, default="hdl64e")
+    s.add_argument("--steps", type=int, default=150)
+    s.add_argument("--crop", type=int, nargs=2, default=(96, 256))
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--lr", type=float, default=5e-4)
+    s.add_argument("--ssi-weight", type=float, default=0.2)
+    s.add_argument("--threads", type=int, default=1)
+    sub.add_parser("table")
+    args = ap.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    common = dict(batch_size=args.batch_size, crop_h=args.crop[0], crop_w=args.crop[1], threads=args.threads,
-                  seed=args.seed, lr=args.lr, progress=False)
-    frames = make_kitti_dirs(args.work, SHARED / "kitti_gt", args.seed)
-    names = sorted(frames)
-    folds = [(names[i], names[(i + 1) % len(names)]) for i in range(len(names))]  # (train, test)
-
-    store = Path(args.store) if args.store else build_store(args.work, args.teacher, args.seed)
-    t_store = time.perf_counter() - t0
-    s1 = pretrain_flow(store=str(store), out=str(args.work / "stage1"), steps=args.stage1_steps,
-                       warmup=min(50, args.stage1_steps // 10), ckpt_every=100, **common)
-    stage1_ckpt = Path(s1["checkpoint"])
-    t_s1 = time.perf_counter() - t0 - t_store
-
-    rows: dict[str, list[dict]] = {k: [] for k in
-                                   ("IP-Basic", "fine-tune only (SSI)", "stage 1 only",
-                                    "stage 1 + 2 with SSI", "stage 1 + 2 without SSI")}
-    stage2 = {"fine-tune only (SSI)": (None, args.ssi_weight),
-              "stage 1 + 2 with SSI": (stage1_ckpt, args.ssi_weight),
-              "stage 1 + 2 without SSI": (stage1_ckpt, 0.0)}
-    for train, test in folds:
-        rows["IP-Basic"].append(evaluate(frames[test], None))
-        rows["stage 1 only"].append(evaluate(frames[test], stage1_ckpt))
-        for label, (init, ssi) in stage2.items():
-            tag = label.split(" (")[0].replace(" ", "_").replace("+", "p")
-            out = args.work / f"stage2-{tag}-{train}"
-            s2 = finetune_flow(kitti=str(frames[train]), out=str(out), init=str(init) if init else None,
-                               teacher=args.teacher, ssi_weight=ssi, steps=args.stage2_steps,
-                               warmup=min(20, args.stage2_steps // 10), ckpt_every=0,
-                               teacher_cache=str(args.work / "teacher_cache"), **common)
-            rows[label].append(evaluate(frames[test], Path(s2["checkpoint"])))
-    total = time.perf_counter() - t0
-
-    print(f"\nAblation on {len(names)} KITTI frames (2-fold: train on one, score the other; sparse input = "
-          f"64 GT scan lines; metrics on GT pixels not in the input). Stage 1: {args.stage1_steps} steps on "
-          f"{store.name}; stage 2: {args.stage2_steps} steps; crops {args.crop[0]}x{args.crop[1]}, "
-          f"batch {args.batch_size}, SSI weight {args.ssi_weight}.\n")
-    print("| method | RMSE mm | MAE mm | iRMSE 1/km | iMAE 1/km | AbsRel | δ<1.25 |")
-    print("|---|---|---|---|---|---|---|")
-    for label, per_fold in rows.items():
-        vals = [float(np.mean([r[k] for r in per_fold])) for k in KEYS]
-        print(f"| {label} | {vals[0]:.0f} | {vals[1]:.0f} | {vals[2]:.2f} | {vals[3]:.2f} | {vals[4]:.4f} | "
-              f"{vals[5]:.4f} |")
-    print(f"\nwall time {total:.0f} s (store {t_store:.0f} s, stage 1 {t_s1:.0f} s) on {args.threads} threads")
+    if args.cmd == "prepare":
+        prepare(args.work)
+    elif args.cmd == "zeroshot":
+        cmd_zeroshot(args)
+    elif args.cmd == "stage2":
+        cmd_stage2(args)
+    else:
+        cmd_table(args)
     return 0
 
 

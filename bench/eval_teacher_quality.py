@@ -23,7 +23,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.embedded_teacher import aligned_depth_metrics, ground_plane_disparity  # noqa: E402
+from model.evaluation import aligned_depth_metrics, ground_plane_disparity  # noqa: E402
 from tasks.provenance import derive_seed  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"

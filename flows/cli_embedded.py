@@ -5,9 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
-
-
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "train-teacher",
@@ -15,7 +12,12 @@ def register(subparsers) -> None:
         description="Render seeded procedural street/indoor scenes (cached), train the small relative-depth "
                     "network with a scale-and-shift-invariant disparity loss, export ONNX (Depth Anything V2 I/O).",
     )
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="ONNX file to write (default: the shipped model)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="ONNX file to write (default monolidar-teacher/monolidar_teacher_small.onnx; never the "
+                        "shipped model unless --replace-shipped)")
+    p.add_argument("--replace-shipped", action="store_true",
+                   help="allow writing over the shipped model/weights/monolidar_teacher_small.onnx (changes its "
+                        "sha256, so existing stores' caches no longer match)")
     p.add_argument("--scenes", type=int, default=1200, help="number of procedural scenes to render (default 1200)")
     p.add_argument("--epochs", type=float, default=14.0, help="passes over the scenes, in crops (default 14)")
     p.add_argument("--seed", type=int, default=0, help="global seed (scenes, initialisation, batches)")
@@ -41,9 +43,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--short-side must be a multiple of 14 and >= 28 (got {args.short_side})")
     if args.init is not None and not args.init.is_file():
         raise FileNotFoundError(f"--init {args.init}: no such checkpoint")
-    from flows.train_teacher import train_teacher
+    from flows.train_teacher import resolve_out, train_teacher
 
-    summary = train_teacher(args.out, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed,
+    resolve_out(args.out, args.replace_shipped)  # refuse before any rendering starts
+    if args.init is not None and args.init.suffix != ".onnx":
+        from model.checkpoint import load_teacher_checkpoint
+
+        load_teacher_checkpoint(args.init)  # weights-only: a file that needs pickle is refused here
+    summary = train_teacher(args.out, replace_shipped=args.replace_shipped, n_scenes=args.scenes, epochs=args.epochs, seed=args.seed,
                             minutes=args.minutes or None, short_side=args.short_side, threads=args.threads,
                             cache_dir=args.cache_dir, lr=args.lr, init_checkpoint=args.init,
                             log_depth_weight=args.log_depth_weight)

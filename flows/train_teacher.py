@@ -3,7 +3,12 @@
 A Prefect flow with three tasks; each task passes paths, never arrays. Renders are cached one ``.npz`` per
 scene (rgb uint8 at the network input size, true z-depth float32, 0 = sky) under a cache folder keyed by the
 scene seed, the input size and the hash of tasks/scenes.py, so a retrain with the same settings re-renders
-nothing.
+nothing. Training and export are ``model.embedded_teacher.train_network`` and
+``model.export.export_teacher_onnx``; checkpoints are weights-only (``model.checkpoint``).
+
+The result goes to a NEW file by default (``DEFAULT_OUT``): the shipped model's sha256 keys every store's
+caches, so replacing it would make existing stores refuse to rebuild. Writing over the shipped file takes
+``replace_shipped=True`` (``--replace-shipped``).
 """
 from __future__ import annotations
 
@@ -16,10 +21,23 @@ import numpy as np
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.errors import InputError
 from tasks.provenance import derive_seed, sha256_file, stable_hash
 
 DEFAULT_SHORT_SIDE = 196
 SHIPPED_TEACHER = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
+DEFAULT_OUT = Path("monolidar-teacher") / "monolidar_teacher_small.onnx"  # relative to the working directory
+
+
+def resolve_out(out: str | Path | None, replace_shipped: bool) -> Path:
+    """Where train-teacher writes: ``out`` or ``DEFAULT_OUT``; InputError if that is the shipped model and
+    ``replace_shipped`` is not set."""
+    path = Path(out) if out else DEFAULT_OUT
+    if path.resolve() == SHIPPED_TEACHER.resolve() and not replace_shipped:
+        raise InputError(f"{path}: refusing to replace the shipped teacher (its sha256 keys every store's caches, "
+                         f"so existing stores would refuse to rebuild); write elsewhere with --out, or pass "
+                         f"--replace-shipped to do it on purpose")
+    return path
 STREET_SHARE = 0.7  # KITTI-like driving scenes are the main use; indoor scenes teach walls, floors, furniture
 
 
@@ -89,8 +107,7 @@ def load_training_groups(paths: list[str]) -> list[tuple[np.ndarray, np.ndarray]
 def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes: float | None,
                batch: int, threads: int, lr: float = 3e-3, init_checkpoint: str | None = None,
                log_depth_weight: float = 0.0) -> str:
-    import torch
-
+    from model.checkpoint import save_teacher_checkpoint
     from model.embedded_teacher import initial_state, train_network
 
     groups = load_training_groups(paths)
@@ -101,17 +118,17 @@ def train_task(paths: list[str], checkpoint: str, steps: int, seed: int, minutes
                                 lr=lr, init_state=init, log=lambda m: print(m, flush=True),
                                 log_depth_weight=log_depth_weight)
     info["init_checkpoint"] = init_checkpoint
-    torch.save({"state_dict": model.state_dict(), "info": info}, checkpoint)
+    save_teacher_checkpoint(checkpoint, model.state_dict(), info)
     return checkpoint
 
 
 @task(cache_policy=NO_CACHE)
 def export_task(checkpoint: str, out: str, short_side: int, extra_metadata: dict[str, str]) -> dict:
-    import torch
+    from model.checkpoint import load_teacher_checkpoint
+    from model.embedded_teacher import DepthNetSmall
+    from model.export import export_teacher_onnx
 
-    from model.embedded_teacher import DepthNetSmall, export_teacher_onnx
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_teacher_checkpoint(checkpoint)
     model = DepthNetSmall()
     model.load_state_dict(state["state_dict"])
     meta = dict(extra_metadata)
@@ -121,13 +138,14 @@ def export_task(checkpoint: str, out: str, short_side: int, extra_metadata: dict
 
 
 @flow(name="train-teacher", log_prints=True)
-def train_teacher(out: Path = SHIPPED_TEACHER, *, n_scenes: int = 1200,
+def train_teacher(out: Path | None = None, *, replace_shipped: bool = False, n_scenes: int = 1200,
                   epochs: float = 14.0, seed: int = 0, minutes: float | None = 25.0,
                   short_side: int = DEFAULT_SHORT_SIDE, batch: int = 8, threads: int = 2,
                   cache_dir: Path | None = None, lr: float = 3e-3, init_checkpoint: Path | None = None,
                   log_depth_weight: float = 0.0) -> dict:
     """Render ``n_scenes`` procedural scenes, train for ``epochs`` passes (in steps of ``batch`` crops) or
-    until ``minutes`` of training wall time (None = no limit), and write the ONNX teacher to ``out``.
+    until ``minutes`` of training wall time (None = no limit), and write the ONNX teacher to ``out``
+    (default ``DEFAULT_OUT``; the shipped model only with ``replace_shipped``).
 
     ``init_checkpoint`` (a .pt written by an earlier run, or an exported .onnx teacher) warm-starts the
     network; ``lr`` is the peak rate; ``log_depth_weight`` weighs the evaluation-protocol loss term.
@@ -137,7 +155,7 @@ def train_teacher(out: Path = SHIPPED_TEACHER, *, n_scenes: int = 1200,
         raise ValueError(f"train-teacher: need n_scenes >= 1, epochs > 0, short_side % 14 == 0 "
                          f"(got {n_scenes}, {epochs}, {short_side})")
     start = time.monotonic()
-    out = Path(out)
+    out = resolve_out(out, replace_shipped)
     cache = Path(cache_dir) if cache_dir else default_render_cache()
     paths = render_training_set(n_scenes, seed, short_side, str(cache))
     render_s = time.monotonic() - start

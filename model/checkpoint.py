@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,28 @@ from tasks.errors import CheckpointError
 
 CKPT_FORMAT = "monolidar.completion"
 CKPT_VERSION = 1
+TEACHER_CKPT_FORMAT = "monolidar.teacher"
+LAST_CKPT = "last.pt"
+FINAL_CKPT = "final.pt"
+
+
+def safe_torch_load(path: str | Path) -> Any:
+    """``torch.load(weights_only=True)``: tensors, numbers, strings, lists, dicts only; loading never runs code.
+
+    A file that needs pickle (arbitrary code from whoever made it) is refused with a CheckpointError that
+    says so; a missing or unreadable file gives a CheckpointError naming the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused: this checkpoint needs pickle to load (it could run arbitrary "
+                              f"code); only weights-only checkpoints (tensors, numbers, strings, lists, "
+                              f"dicts) are accepted") from None
+    except Exception as exc:  # torch raises many types for foreign/corrupt files
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
 
 
 class ModelEMA:
@@ -91,21 +114,20 @@ def save_checkpoint(
         "config": dict(config or {}),
         "metrics": dict(metrics or {}),
     }
+    _atomic_save(payload, path)
+    return path
+
+
+def _atomic_save(payload: dict, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    return path
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint; CheckpointError naming the path when it is missing or not ours."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign/corrupt files
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(exc).__name__})") from None
+    ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise CheckpointError(f"{path}: not a monolidar completion checkpoint (no format={CKPT_FORMAT!r})")
     if ckpt.get("version") != CKPT_VERSION:
@@ -164,3 +186,45 @@ def restore_training_state(
     ema.load_state_dict(ckpt["ema"])
     torch.set_rng_state(ckpt["rng"])
     return int(ckpt["step"])
+
+
+class CompletionCheckpoints:
+    """The completion runs' ``Checkpointer`` (model.training): ``out/last.pt`` during and at the end of a run,
+    ``out/final.pt`` once the schedule is finished; resumes from ``last.pt`` when asked."""
+
+    def __init__(self, out: str | Path, model_name: str, config: dict, *, resume: bool):
+        self.out, self.model_name, self.config, self.resume = Path(out), model_name, config, resume
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def restore(self, model: CompletionNet, optimizer: torch.optim.Optimizer, ema: ModelEMA | None) -> int:
+        last = self.out / LAST_CKPT
+        if not (self.resume and last.is_file()):
+            return 0
+        return restore_training_state(load_checkpoint(last), model=model, model_name=self.model_name,
+                                      optimizer=optimizer, ema=ema)
+
+    def save(self, step: int, model: CompletionNet, optimizer: torch.optim.Optimizer, ema: ModelEMA | None, *,
+             finished: bool) -> str:
+        kw = dict(model=model, model_name=self.model_name, optimizer=optimizer, ema=ema, step=step,
+                  config=self.config)
+        save_checkpoint(self.out / LAST_CKPT, **kw)
+        if finished:
+            return str(save_checkpoint(self.out / FINAL_CKPT, **kw))
+        return str(self.out / LAST_CKPT)
+
+
+# ------------------------------------------------------------------------------------ embedded teacher
+def save_teacher_checkpoint(path: str | Path, state_dict: dict, info: dict) -> Path:
+    """The embedded teacher's training result: weights + a JSON-like ``info`` (steps, seconds, loss curve)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save({"format": TEACHER_CKPT_FORMAT, "state_dict": state_dict, "info": dict(info)}, path)
+    return path
+
+
+def load_teacher_checkpoint(path: str | Path) -> dict:
+    """{"state_dict", "info"} of a teacher checkpoint, loaded weights-only (see ``safe_torch_load``)."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a monolidar teacher checkpoint (no state_dict)")
+    return {"state_dict": ckpt["state_dict"], "info": dict(ckpt.get("info") or {})}

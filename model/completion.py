@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from model.conventions import IMAGENET_MEAN, IMAGENET_STD
+
 LOG_DEPTH_CENTER = math.log(12.0)
 # Heads' outputs are log-depth residuals; an Adam step moves a head's output by ~lr * fan_in * |feature|,
 # i.e. ~15 % of depth at lr 1e-3 without this factor, which wrecks the push-pull fill in the first steps.
@@ -269,5 +269,4 @@ def msdc_base(**kwargs) -> CompletionNet:
     return CompletionNet(**cfg)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+

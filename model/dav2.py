@@ -12,7 +12,6 @@ disparity. The constructor is parameterised so smaller students can reuse the sa
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.conventions import count_parameters  # noqa: F401  (re-exported: callers count DA-V2 parameters)
+from model.export import ORT_RTOL, ort_mismatch
 from tasks.errors import CheckpointError, TeacherError
 
 PATCH = 14
@@ -270,10 +271,6 @@ class DepthAnythingV2Small(nn.Module):
         return F.relu(self.depth_head(feats, h, w)).squeeze(1)
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 # --------------------------------------------------------------------------------------------------
 # Official checkpoint
 def load_official_state_dict(model: nn.Module, path: str | Path) -> nn.Module:
@@ -380,8 +377,8 @@ def export_onnx(
         raise TeacherError(f"exported {path}: onnxruntime output shape {got.shape} != torch {reference.shape}")
     diff = float(np.abs(got - reference).max())
     ref_max = float(np.abs(reference).max())
-    tolerance = (5e-2 if fp16 else 1e-3) * max(1.0, ref_max)
-    if not math.isfinite(diff) or diff > tolerance:
-        raise TeacherError(f"exported {path}: onnxruntime differs from torch by {diff:.3g} (> {tolerance:.3g})")
+    if ort_mismatch(got, reference, precision="fp16" if fp16 else "fp32") is not None:
+        raise TeacherError(f"exported {path}: onnxruntime differs from torch by {diff:.3g} "
+                           f"(allowed {ORT_RTOL['fp16' if fp16 else 'fp32']:g} x max(1, {ref_max:.3g}))")
     return {"path": str(path), "max_abs_diff": diff, "ref_max": ref_max,
             "parameters": count_parameters(model), "fp16": fp16}

@@ -5,10 +5,12 @@ a global-context branch, and a U-Net decoder that upsamples to each skip's exact
 any input size works (the Depth Anything convention uses multiples of 14, which are not powers of two).
 Output: relative inverse depth (disparity, larger = nearer, >= 0) at input resolution, [B, H, W].
 
-Loss: scale-and-shift-invariant L1 in DISPARITY space (per image, closed-form least-squares scale and shift
-map the prediction onto the target; sky has target disparity 0), plus MiDaS's multi-scale gradient-matching
-term on the aligned residual. Disparity, not depth, because that is the teacher's output convention and it
-keeps sky (infinite depth) finite.
+Training (``train_network``) runs the shared loop (``model.training.train_loop``) with the render batch maker
+(``model.batches``, augmentation in ``model.augmentation``) and ``model.losses.ssi_disparity_loss``:
+scale-and-shift-invariant L1 in DISPARITY space (per image, closed-form least-squares scale and shift map the
+prediction onto the target; sky has target disparity 0), plus MiDaS's multi-scale gradient-matching term on
+the aligned residual. Disparity, not depth, because that is the teacher's output convention and it keeps sky
+(infinite depth) finite. Export: ``model.export.export_teacher_onnx``.
 """
 from __future__ import annotations
 
@@ -19,8 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from model.conventions import imagenet_normalise
 
 
 class ConvBNAct(nn.Sequential):
@@ -84,185 +85,6 @@ class DepthNetSmall(nn.Module):
         # one-channel output is upsampled.
         x = F.interpolate(self.head(x), size=pixel_values.shape[-2:], mode="bilinear", align_corners=False)
         return F.softplus(x)[:, 0]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-# ----------------------------------------------------------------------------------------------- preprocessing
-def normalise(rgb: torch.Tensor) -> torch.Tensor:
-    """(B,3,H,W) float RGB in [0, 1] -> ImageNet-normalised network input (as model.teacher.Teacher does)."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb - mean) / std
-
-
-def augment(rgb: torch.Tensor, disparity: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Photometric + geometric augmentation of a batch: rgb (B,3,H,W) in [0,1], disparity (B,H,W).
-
-    Synthetic renders are clean and saturated; real photos are not: jitter brightness/contrast/saturation and
-    channel gains, blur or sharpen (renders vs bicubic-resized photos), add sensor noise, flip left-right and
-    zoom in (a longer focal length) so the net does not memorise one field of view.
-    """
-    b, _, h, w = rgb.shape
-
-    def u(lo: float, hi: float, *shape: int) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(shape or (b,), generator=gen)
-
-    flip = torch.rand(b, generator=gen) < 0.5
-    rgb = torch.where(flip.view(b, 1, 1, 1), rgb.flip(-1), rgb)
-    disparity = torch.where(flip.view(b, 1, 1), disparity.flip(-1), disparity)
-    zoom = float(u(1.0, 1.35, 1))
-    if zoom > 1.02:
-        hh, ww = int(round(h * zoom)), int(round(w * zoom))
-        oy = int(torch.randint(0, hh - h + 1, (1,), generator=gen))
-        ox = int(torch.randint(0, ww - w + 1, (1,), generator=gen))
-        rgb = F.interpolate(rgb, size=(hh, ww), mode="bilinear", align_corners=False)[..., oy:oy + h, ox:ox + w]
-        disparity = F.interpolate(disparity[:, None], size=(hh, ww), mode="nearest")[:, 0, oy:oy + h, ox:ox + w]
-    grey = rgb.mean(1, keepdim=True)
-    rgb = grey + (rgb - grey) * u(0.3, 1.2).view(b, 1, 1, 1)                          # saturation
-    rgb = rgb * u(0.85, 1.15, b, 3).view(b, 3, 1, 1)                                  # white balance
-    mean = rgb.mean((1, 2, 3), keepdim=True)
-    rgb = mean + (rgb - mean) * u(0.6, 1.4).view(b, 1, 1, 1)                          # contrast
-    rgb = rgb * u(0.5, 1.4).view(b, 1, 1, 1)                                          # brightness
-    rgb = rgb.clamp(0, 1) ** u(0.7, 1.4).view(b, 1, 1, 1)                             # gamma
-    kernel = torch.tensor([1.0, 2.0, 1.0]) / 4
-    blur = F.conv2d(F.pad(rgb, (1, 1, 1, 1), mode="replicate"),
-                    (kernel[:, None] * kernel[None, :]).expand(3, 1, 3, 3), groups=3)
-    amount = u(-0.8, 1.0).view(b, 1, 1, 1)                                            # < 0 sharpens
-    rgb = rgb + amount * (blur - rgb)
-    rgb = rgb + torch.randn(rgb.shape, generator=gen) * u(0.0, 0.03).view(b, 1, 1, 1)
-    return rgb.clamp(0, 1), disparity
-
-
-# ----------------------------------------------------------------------------------------------- loss
-def align_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per image, the least-squares s, t minimising sum_mask (s*pred + t - target)^2; returns s*pred + t.
-
-    Closed form of the 2x2 normal equations; differentiable, so the loss sees through the alignment.
-    """
-    m = mask.float()
-    n = m.sum((-2, -1)).clamp_min(1.0)
-    sp, st = (m * pred).sum((-2, -1)), (m * target).sum((-2, -1))
-    spp, spt = (m * pred * pred).sum((-2, -1)), (m * pred * target).sum((-2, -1))
-    det = (n * spp - sp * sp).clamp_min(1e-8)
-    s = (n * spt - sp * st) / det
-    t = (st - s * sp) / n
-    return s.view(-1, 1, 1) * pred + t.view(-1, 1, 1)
-
-
-def gradient_matching(residual: torch.Tensor, mask: torch.Tensor, scales: int = 4) -> torch.Tensor:
-    """MiDaS gradient-matching term: mean |d/dx| + |d/dy| of the aligned residual over 'scales' pyramids."""
-    total = residual.new_zeros(())
-    r, m = residual, mask.float()
-    for _ in range(scales):
-        mx = m[..., :, 1:] * m[..., :, :-1]
-        my = m[..., 1:, :] * m[..., :-1, :]
-        gx = (r[..., :, 1:] - r[..., :, :-1]).abs() * mx
-        gy = (r[..., 1:, :] - r[..., :-1, :]).abs() * my
-        total = total + (gx.sum() + gy.sum()) / (mx.sum() + my.sum()).clamp_min(1.0)
-        r = r[..., ::2, ::2]
-        m = m[..., ::2, ::2]
-    return total / scales
-
-
-def ssi_disparity_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
-                       grad_weight: float = 0.5, log_depth_weight: float = 0.0,
-                       max_depth: float = 80.0) -> torch.Tensor:
-    """Scale-and-shift-invariant L1 in disparity space (+ gradient matching), mean over the batch.
-
-    Each target is first normalised by its mean absolute deviation from its median, so near indoor scenes
-    and far streets weigh the same. A sign term (relu(-correlation)) keeps the least-squares scale positive.
-    ``log_depth_weight`` > 0 adds ``aligned_log_depth_error`` (needs ``target`` = metric 1/depth).
-    """
-    if mask is None:
-        mask = torch.ones_like(target, dtype=torch.bool)
-    b = target.shape[0]
-    flat_t = target.reshape(b, -1)
-    med = flat_t.median(dim=1).values.view(b, 1, 1)
-    scale = ((target - med).abs() * mask).sum((-2, -1)) / mask.sum((-2, -1)).clamp_min(1)
-    target_n = (target - med) / scale.clamp_min(1e-6).view(b, 1, 1)
-    aligned = align_scale_shift(pred, target_n, mask)
-    residual = (aligned - target_n) * mask
-    l1 = residual.abs().sum() / mask.sum().clamp_min(1)
-    # Least squares happily picks a NEGATIVE scale, which would let the net learn depth instead of
-    # disparity (larger = farther) at no cost. Penalise negative correlation with the target so the
-    # output keeps the convention larger = nearer.
-    m = mask.float()
-    n = m.sum((-2, -1)).clamp_min(1.0)
-    pc = (pred - (m * pred).sum((-2, -1), keepdim=True) / n.view(b, 1, 1)) * m
-    tc = (target_n - (m * target_n).sum((-2, -1), keepdim=True) / n.view(b, 1, 1)) * m
-    corr = (pc * tc).sum((-2, -1)) / ((pc * pc).sum((-2, -1)) * (tc * tc).sum((-2, -1))).sqrt().clamp_min(1e-8)
-    loss = l1 + grad_weight * gradient_matching(aligned - target_n, mask) + F.relu(-corr).mean()
-    if log_depth_weight > 0:
-        loss = loss + log_depth_weight * aligned_log_depth_error(pred, target, mask, max_depth=max_depth)
-    return loss
-
-
-def aligned_log_depth_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
-                            max_depth: float = 80.0) -> torch.Tensor:
-    """Mean |log(aligned depth / true depth)| over non-sky pixels nearer than ``max_depth``: the evaluation
-    protocol (least-squares scale + shift in disparity, then compare in depth, aligned disparity clamped at
-    1/max_depth) made a loss.
-
-    Why: the disparity-space L1 barely sees far surfaces (their disparity is tiny), yet in depth, where
-    AbsRel and delta<1.25 are measured, a small disparity offset there is a large relative error. The log
-    ratio is AbsRel's symmetric, bounded-gradient cousin. ``target`` is metric disparity 1/depth (0 = sky).
-    """
-    valid = mask & (target >= 1.0 / max_depth)
-    aligned = align_scale_shift(pred, target, valid)
-    floor = 1.0 / max_depth
-    # Soft clamp (smooth near the floor, so far pixels still get a gradient towards the right side).
-    aligned = floor + F.softplus(aligned - floor, beta=50.0 / floor)
-    err = (aligned.log() - target.clamp_min(floor).log()).abs() * valid
-    per_image = err.sum((-2, -1)) / valid.sum((-2, -1)).clamp_min(1)
-    return per_image[valid.flatten(1).any(1)].mean() if valid.any() else pred.new_zeros(())
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-def aligned_depth_metrics(pred_disparity: np.ndarray, gt_depth: np.ndarray, *, max_depth: float = 80.0,
-                          min_depth: float = 1e-3) -> dict[str, float]:
-    """AbsRel and delta<1.25 of a relative disparity after per-image least-squares scale/shift alignment
-    IN DISPARITY SPACE to 1/gt over the valid pixels, compared in DEPTH (aligned disparity clamped to
-    1/max_depth so no pixel becomes infinitely far or negative)."""
-    valid = (gt_depth > min_depth) & np.isfinite(gt_depth) & np.isfinite(pred_disparity)
-    if valid.sum() < 10:
-        raise ValueError("fewer than 10 valid ground-truth pixels: cannot align")
-    p = pred_disparity[valid].astype(np.float64)
-    g = 1.0 / gt_depth[valid].astype(np.float64)
-    a = np.stack([p, np.ones_like(p)], 1)
-    (s, t), *_ = np.linalg.lstsq(a, g, rcond=None)
-    depth = 1.0 / np.maximum(s * p + t, 1.0 / max_depth)
-    gt = gt_depth[valid].astype(np.float64)
-    ratio = np.maximum(depth / gt, gt / depth)
-    return {"abs_rel": float(np.mean(np.abs(depth - gt) / gt)), "delta1": float(np.mean(ratio < 1.25)),
-            "n_pixels": int(valid.sum()), "scale": float(s)}
-
-
-def ground_plane_disparity(height: int, width: int) -> np.ndarray:
-    """The trivial baseline: constant small disparity above the middle row, growing linearly below it
-    (a flat ground seen by a level camera has disparity proportional to rows below the horizon)."""
-    rows = np.arange(height, dtype=np.float64)
-    disp = 0.01 + np.clip((rows - height / 2) / height, 0.0, None)
-    return np.repeat(disp[:, None], width, axis=1).astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------------------- training
-def _sample_batch(groups: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator, batch: int,
-                  crop_width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch from one same-shape group (chosen in proportion to its size); wide frames are cropped to
-    ``crop_width`` columns at a random offset, keeping the full height (the horizon cue)."""
-    sizes = np.array([len(g[0]) for g in groups], np.float64)
-    rgb_all, disp_all = groups[int(rng.choice(len(groups), p=sizes / sizes.sum()))]
-    idx = rng.choice(len(rgb_all), size=batch, replace=len(rgb_all) < batch)
-    rgb, disp = rgb_all[idx], disp_all[idx]
-    w = rgb.shape[2]
-    if w > crop_width:
-        x0 = int(rng.integers(0, w - crop_width + 1))
-        rgb, disp = rgb[:, :, x0:x0 + crop_width], disp[:, :, x0:x0 + crop_width]
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0
-    return rgb_t, torch.from_numpy(np.ascontiguousarray(disp)).float()
 
 
 def widen_input_channels(state: dict, target: dict) -> dict:
@@ -338,14 +160,17 @@ def state_from_onnx(path: str | Path, calibration: torch.Tensor) -> dict:
 
 
 def initial_state(init: str | Path, groups: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The DepthNetSmall state_dict to warm-start from: a ``.pt`` checkpoint an earlier run wrote, or an
-    exported teacher ``.onnx`` (the shipped one, say), whose folded BatchNorms are re-factored on up to 16
-    images of the largest training group (``state_from_onnx``)."""
+    """The DepthNetSmall state_dict to warm-start from: a ``.pt`` checkpoint an earlier run wrote (loaded
+    weights-only: a file that needs pickle is refused), or an exported teacher ``.onnx`` (the shipped one,
+    say), whose folded BatchNorms are re-factored on up to 16 images of the largest training group
+    (``state_from_onnx``)."""
+    from model.checkpoint import load_teacher_checkpoint
+
     if str(init).endswith(".onnx"):
         rgb = max(groups, key=lambda g: len(g[0]))[0][:16]
-        calibration = normalise(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0)
+        calibration = imagenet_normalise(torch.from_numpy(np.ascontiguousarray(rgb)).permute(0, 3, 1, 2).float() / 255.0)
         return state_from_onnx(init, calibration)
-    return torch.load(init, map_location="cpu", weights_only=False)["state_dict"]
+    return load_teacher_checkpoint(init)["state_dict"]
 
 
 def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, seed: int, minutes: float | None = None,
@@ -357,93 +182,25 @@ def train_network(groups: list[tuple[np.ndarray, np.ndarray]], *, steps: int, se
     AdamW with warm-up then cosine decay; progress = max(step/steps, elapsed/minutes), so a wall-time budget
     ends the run with a fully decayed learning rate. With ``minutes=None`` the run is deterministic.
     ``init_state``: a DepthNetSmall state_dict to start from instead of a random initialisation.
-    ``log_depth_weight``: weight of the evaluation-protocol term (``aligned_log_depth_error``).
+    ``log_depth_weight``: weight of the evaluation-protocol term (``losses.aligned_log_depth_error``).
     """
-    import time
+    from model.batches import render_batch_maker
+    from model.objectives import teacher_objective
+    from model.schedules import warmup_times_cosine
+    from model.training import train_loop
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    gen = torch.Generator().manual_seed(seed)
     model = DepthNetSmall()
     if init_state is not None:  # continue from an earlier run (warm start), same schedule from scratch
         model.load_state_dict(widen_input_channels(init_state, model.state_dict()))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    start = time.monotonic()
-    budget = None if minutes is None else 60.0 * minutes
     warmup = max(1, min(100, steps // 20))
-    running, step, losses = 0.0, 0, []
-    model.train()
-    while step < steps:
-        progress = step / steps
-        if budget is not None:
-            progress = max(progress, (time.monotonic() - start) / budget)
-        if progress >= 1.0:
-            break
-        scale = min(1.0, (step + 1) / warmup) * (0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * progress)))
-        for g in opt.param_groups:
-            g["lr"] = lr * scale
-        rgb, disp = _sample_batch(groups, rng, batch, crop_width)
-        rgb, disp = augment(rgb, disp, gen)
-        loss = ssi_disparity_loss(model(normalise(rgb)), disp, log_depth_weight=log_depth_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        running += loss.item()
-        step += 1
-        if step % log_every == 0:
-            losses.append(running / log_every)
-            log(f"step {step}/{steps} loss {running / log_every:.4f} lr {lr * scale:.2e} "
-                f"{time.monotonic() - start:.0f}s")
-            running = 0.0
+    summary = train_loop(
+        model, make_batch=render_batch_maker(groups, batch_size=batch, crop_width=crop_width, seed=seed),
+        compute_loss=teacher_objective(log_depth_weight=log_depth_weight), steps=steps,
+        lr_at=lambda step, progress: warmup_times_cosine(step, progress, lr, warmup), lr=lr, weight_decay=1e-4,
+        budget_s=None if minutes is None else 60.0 * minutes, log_every=log_every, log=log)
     model.eval()
-    return model, {"steps": step, "seconds": time.monotonic() - start, "loss_curve": losses, "batch": batch,
+    return model, {"steps": summary["step"], "seconds": summary["seconds"],
+                   "loss_curve": [p["loss"] for p in summary["loss_curve"]], "batch": batch,
                    "crop_width": crop_width, "lr": lr, "seed": seed, "log_depth_weight": log_depth_weight}
-
-
-# ----------------------------------------------------------------------------------------------- export
-def export_teacher_onnx(model: nn.Module, out, *, short_side: int, check_size: tuple[int, int] = (196, 266),
-                        extra_metadata: dict[str, str] | None = None) -> dict:
-    """Export to ONNX in the Depth Anything V2 convention (``pixel_values`` [B,3,H,W] ->
-    ``predicted_depth`` [B,H,W], dynamic batch/height/width) with metadata ``monolidar.output_kind`` =
-    "disparity" and ``monolidar.short_side``; verify onnxruntime against torch at another size."""
-    import io
-
-    import onnx
-    import onnxruntime as ort
-
-    from tasks.errors import TeacherError
-
-    out = Path(out)
-    model = model.eval()
-    example = torch.zeros(1, 3, short_side, short_side)
-    buf = io.BytesIO()
-    torch.onnx.export(model, (example,), buf, input_names=["pixel_values"], output_names=["predicted_depth"],
-                      dynamic_axes={"pixel_values": {0: "batch", 2: "height", 3: "width"},
-                                    "predicted_depth": {0: "batch", 1: "height", 2: "width"}},
-                      opset_version=17, dynamo=False)
-    proto = onnx.load_from_string(buf.getvalue())
-    meta = {"monolidar.output_kind": "disparity", "monolidar.short_side": str(int(short_side)),
-            "monolidar.model": "DepthNetSmall", "monolidar.parameters": str(count_parameters(model))}
-    meta.update(extra_metadata or {})
-    del proto.metadata_props[:]
-    for k, v in sorted(meta.items()):
-        proto.metadata_props.add(key=k, value=v)
-    proto.producer_name = "monolidar.train-teacher"
-    onnx.checker.check_model(proto)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".onnx.tmp")
-    tmp.write_bytes(proto.SerializeToString())
-    tmp.replace(out)
-    # ORT vs torch on a random image at a different size than the trace (exercises the dynamic axes).
-    x = torch.from_numpy(np.random.default_rng(0).normal(0, 1, (2, 3, *check_size)).astype(np.float32))
-    with torch.no_grad():
-        ref = model(x).numpy()
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = sess.run(["predicted_depth"], {"pixel_values": x.numpy()})[0]
-    err = float(np.max(np.abs(got - ref)) / (np.max(np.abs(ref)) + 1e-12))
-    if got.shape != ref.shape or err > 1e-3:
-        raise TeacherError(f"{out}: ONNX output differs from torch (shape {got.shape} vs {ref.shape}, "
-                           f"relative error {err:.2e})")
-    return {"path": str(out), "bytes": out.stat().st_size, "ort_vs_torch_rel_err": err, **meta}

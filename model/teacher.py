@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from model.conventions import imagenet_normalise_np
 from tasks.errors import TeacherError
-from tasks.provenance import sha256_file
+from tasks.provenance import sha256_file, stable_hash
 
 DEFAULT_TEACHER = Path(__file__).resolve().parent / "weights" / "monolidar_teacher_small.onnx"
 
@@ -30,8 +31,6 @@ DEFAULT_OUTPUT_NAME = "predicted_depth"
 DEFAULT_SHORT_SIDE = 518
 PATCH = 14
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 # Preferred execution providers, best first; only those onnxruntime reports as available are used.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -260,8 +259,7 @@ class Teacher:
         return self.fixed_size or network_size(height, width, self.short_side)
 
     def _normalise(self, images: np.ndarray) -> np.ndarray:
-        x = images.astype(np.float32) * np.float32(1.0 / 255.0)
-        x = (x - IMAGENET_MEAN) / IMAGENET_STD
+        x = imagenet_normalise_np(images.astype(np.float32) * np.float32(1.0 / 255.0))
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
@@ -295,3 +293,11 @@ class Teacher:
             raw = self._run(self.preprocess(images[start:start + step]))
             result[start:start + step] = resize_bilinear(raw, height, width)
         return result
+
+
+def teacher_output_key(image_hash: str, teacher: dict) -> str:
+    """Cache key (hex) of a teacher's raw output for one image at its own resolution: the image content
+    hash + everything about the teacher that changes the numbers (``Teacher.identity()``'s sha256, output
+    kind and short side). Used with ``storage.cache.ArrayCache(root)`` namespace "teacher"."""
+    prep = stable_hash({k: teacher.get(k) for k in ("sha256", "output_kind", "short_side")}, n=64)
+    return stable_hash(["teacher-output", image_hash, prep], n=64)

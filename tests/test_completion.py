@@ -6,7 +6,8 @@ import torch
 
 from model.checkpoint import (ModelEMA, init_from_checkpoint, load_checkpoint, model_from_checkpoint,
                               save_checkpoint)
-from model.completion import count_parameters, create_model, list_models, sparse_pyramid
+from model.completion import create_model, list_models, sparse_pyramid
+from model.conventions import count_parameters
 from tasks.errors import CheckpointError
 
 torch.set_num_threads(1)  # the CI box has 2 shared cores: more threads oversubscribe

@@ -7,19 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from model.embedded_teacher import (
-    DepthNetSmall,
-    align_scale_shift,
-    aligned_depth_metrics,
-    aligned_log_depth_error,
-    count_parameters,
-    export_teacher_onnx,
-    ground_plane_disparity,
-    ssi_disparity_loss,
-    state_from_onnx,
-    train_network,
-)
-from tasks.errors import TeacherError
+from model.conventions import count_parameters
+from model.embedded_teacher import DepthNetSmall, state_from_onnx, train_network
+from model.evaluation import aligned_depth_metrics, ground_plane_disparity
+from model.export import export_teacher_onnx
+from model.losses import align_scale_shift, aligned_log_depth_error, ssi_disparity_loss
+from tasks.errors import CheckpointError, TeacherError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "model" / "weights" / "monolidar_teacher_small.onnx"
 
@@ -229,3 +222,40 @@ def test_train_teacher_flow_end_to_end(tmp_path, prefect_harness):
                   batch=2)
     assert [p.stat().st_mtime_ns for p in renders] == mtimes
     assert Teacher(out).predict(np.zeros((1, 60, 80, 3), np.uint8)).shape == (1, 60, 80)
+
+
+def test_train_teacher_never_replaces_the_shipped_model_by_default(tmp_path, capsys):
+    from flows.cli import main
+    from flows.train_teacher import DEFAULT_OUT, resolve_out
+    from tasks.errors import InputError
+    from tasks.provenance import sha256_file
+
+    before = sha256_file(SHIPPED)
+    assert resolve_out(None, False) == DEFAULT_OUT and DEFAULT_OUT.resolve() != SHIPPED.resolve()
+    assert resolve_out(SHIPPED, True) == SHIPPED  # only when asked explicitly
+    with pytest.raises(InputError, match="refusing to replace the shipped teacher"):
+        resolve_out(SHIPPED, False)
+    assert main(["train-teacher", "--out", str(SHIPPED), "--scenes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to replace the shipped teacher" in err and "--replace-shipped" in err
+    assert sha256_file(SHIPPED) == before
+
+
+def test_teacher_checkpoints_are_weights_only(tmp_path, capsys):
+    import collections
+
+    from flows.cli import main
+    from model.checkpoint import load_teacher_checkpoint, save_teacher_checkpoint
+    from model.embedded_teacher import initial_state
+
+    net = DepthNetSmall()
+    good = save_teacher_checkpoint(tmp_path / "good.pt", net.state_dict(), {"steps": 3, "loss_curve": [0.5, 0.4]})
+    state = initial_state(good, [])
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+    assert load_teacher_checkpoint(good)["info"]["loss_curve"] == [0.5, 0.4]
+    evil = tmp_path / "evil.pt"
+    torch.save({"state_dict": net.state_dict(), "info": collections.Counter(a=1)}, evil)
+    with pytest.raises(CheckpointError, match="evil.pt: refused: this checkpoint needs pickle"):
+        initial_state(evil, [])
+    assert main(["train-teacher", "--init", str(evil), "--out", str(tmp_path / "t.onnx"), "--scenes", "1"]) == 2
+    assert "needs pickle" in capsys.readouterr().err

@@ -129,17 +129,26 @@ def test_pretrain_exact_resume(stage1, tiny_store, tmp_path):
 def test_finetune_and_evaluate_end_to_end(stage1, kitti_dir, tiny_teacher, tmp_path):
     from flows.train import compute_teacher_outputs, evaluate_flow, finetune_flow
 
+    from storage.cache import ArrayCache, default_cache_dir
+
     s1, _ = stage1
     out = tmp_path / "stage2"
     summary = finetune_flow(kitti=str(kitti_dir), out=str(out), init=str(s1 / "final.pt"), teacher=str(tiny_teacher),
                             ssi_weight=0.5, grad_weight=0.5, steps=3, crop_h=64, crop_w=128, **FAST)
-    assert summary["finished"]
-    cached = sorted((out / "teacher_cache").rglob("*.npy"))
-    assert len(cached) == 2
+    assert summary["finished"] and [p["step"] for p in summary["loss_curve"]] == [3]
+    # Teacher outputs live in the build's ArrayCache (beside the run dir), one entry per frame, reused.
+    cache_dir = default_cache_dir(out)
+    again = compute_teacher_outputs.fn(str(kitti_dir), str(tiny_teacher), str(cache_dir))
+    assert again["computed"] == 0 and again["cached"] == 2
+    raw = ArrayCache(cache_dir).get("teacher", again["keys"][0])
+    assert raw.shape == (352, 1216) and np.isfinite(raw).all()
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert "ssi" in log[-1] and "sup" in log[-1]
-    again = compute_teacher_outputs.fn(str(kitti_dir), str(tiny_teacher), str(out / "teacher_cache"))
-    assert again["computed"] == 0 and again["cached"] == 2
+    # DMD3C's SSI variant (median/MAD in random crops) trains through the same flow.
+    mad = finetune_flow(kitti=str(kitti_dir), out=str(tmp_path / "mad"), init=str(s1 / "final.pt"),
+                        teacher=str(tiny_teacher), ssi_weight=0.5, ssi_variant="median_mad", steps=2, crop_h=64,
+                        crop_w=128, **FAST)
+    assert mad["finished"] and mad["last_loss"]["ssi"] > 0
 
     pred_dir = tmp_path / "pred"
     report = evaluate_flow(kitti=str(kitti_dir), ckpt=str(out / "final.pt"), out=str(pred_dir), exclude_input=True,
@@ -196,8 +205,42 @@ def test_cli_bad_inputs_exit_2(tmp_path, tiny_store, kitti_dir, capsys):
         (["finetune", "--kitti", str(kitti_dir), "--out", str(tmp_path / "o"), "--init", str(junk)], "junk.pt"),
         (["finetune", "--kitti", str(kitti_dir), "--out", str(tmp_path / "o"), "--teacher", str(junk)], "junk.pt"),
         (["export-onnx", "--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.onnx")], "missing.pt"),
+        (["evaluate", "--kitti", str(kitti_dir), "--ckpt", str(_pickled(tmp_path))], "needs pickle"),
     ]
     for argv, needle in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and needle in err and f"monolidar {argv[0]}: error:" in err, (argv, err)
+
+
+def _pickled(tmp_path):
+    """A checkpoint-looking file that can only be loaded by unpickling arbitrary objects."""
+    import collections
+
+    path = tmp_path / "pickled.pt"
+    torch.save({"format": "monolidar.completion", "extra": collections.Counter(a=1), "obj": object.__new__(_Evil)},
+               path)
+    return path
+
+
+class _Evil:
+    pass
+
+
+def test_checkpoints_that_need_pickle_are_refused(tmp_path):
+    from model.checkpoint import load_teacher_checkpoint, safe_torch_load
+
+    path = _pickled(tmp_path)
+    for load in (load_checkpoint, load_teacher_checkpoint, safe_torch_load):
+        with pytest.raises(CheckpointError, match="pickled.pt: refused: this checkpoint needs pickle"):
+            load(path)
+
+
+def test_no_pickle_loading_anywhere_in_the_source():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    needle = "weights_only=" + "False"
+    offenders = [str(p) for d in ("model", "flows", "tasks", "storage", "bench") for p in (root / d).rglob("*.py")
+                 if needle in p.read_text()]
+    assert offenders == []
