@@ -16,7 +16,7 @@ is fixed: a second 30-minute run per seed does not fit this box).
 Subcommands (each resumable; results are JSON files under WORK/results):
   prepare                         KITTI dirs for both patterns (full / train-left / test-right)
   zeroshot --ckpt C [--tag T]     score a checkpoint (or IP-Basic with --ckpt ipbasic) zero-shot
-  stage2 --row R --seed S [...]   one stage-2 run + its score (R: finetune_only, s12_lsq, s12_mad, s12_nossi)
+  stage2 --row R.. --seed S.. [...]  stage-2 runs + scores (R: finetune_only, s12_lsq, s12_mad, s12_nossi)
   table                           print the markdown tables from the results
 Usage: python bench/ablation.py --work DIR SUBCOMMAND ...
 """
@@ -109,25 +109,33 @@ def cmd_zeroshot(args) -> None:
 
 
 def cmd_stage2(args) -> None:
+    """Every (row, seed) asked for, in one process (one Prefect server start), skipping finished ones."""
+    for row in args.row:
+        for seed in args.seed:
+            if not (args.work / "results" / f"stage2-{row}-s{seed}.json").is_file():
+                run_stage2(args, row, seed)
+
+
+def run_stage2(args, row: str, seed: int) -> None:
     from flows.train import finetune_flow
 
-    init, factor, variant = ROWS[args.row]
+    init, factor, variant = ROWS[row]
     if init and not args.stage1:
         raise SystemExit("--stage1 CKPT is needed for this row")
-    out = args.work / "stage2" / f"{args.row}-s{args.seed}"
+    out = args.work / "stage2" / f"{row}-s{seed}"
     s2 = finetune_flow(kitti=str(args.work / "kitti" / f"{args.pattern}-train"), out=str(out),
                        init=args.stage1 if init else None, ssi_weight=args.ssi_weight * factor, ssi_variant=variant,
                        steps=args.steps, warmup=max(1, args.steps // 10), batch_size=args.batch_size,
-                       crop_h=args.crop[0], crop_w=args.crop[1], lr=args.lr, seed=args.seed, threads=args.threads,
+                       crop_h=args.crop[0], crop_w=args.crop[1], lr=args.lr, seed=seed, threads=args.threads,
                        ckpt_every=50, teacher_cache=str(args.work / ".monolidar-cache"), progress=False)
     curve = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    result = {"row": args.row, "seed": args.seed, "steps": args.steps, "seconds": s2["seconds"],
+    result = {"row": row, "seed": seed, "steps": args.steps, "seconds": s2["seconds"],
               "curve": [{"step": c["step"], "loss": c["window_loss"], **{k: c[k] for k in ("sup", "ssi") if k in c}}
                         for c in curve],
               "score": score(args.work / "kitti" / f"{args.pattern}-test", s2["checkpoint"]),
               "config": {"pattern": args.pattern, "ssi_weight": args.ssi_weight * factor, "ssi_variant": variant,
                          "crop": list(args.crop), "batch_size": args.batch_size, "lr": args.lr}}
-    _write(args.work, f"stage2-{args.row}-s{args.seed}", result)
+    _write(args.work, f"stage2-{row}-s{seed}", result)
 
 
 def _write(work: Path, name: str, obj: dict) -> None:
@@ -197,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     z.add_argument("--ckpt", required=True, help="checkpoint, or 'ipbasic'")
     z.add_argument("--tag", default=None)
     s = sub.add_parser("stage2")
-    s.add_argument("--row", choices=tuple(ROWS), required=True)
-    s.add_argument("--seed", type=int, required=True)
+    s.add_argument("--row", choices=tuple(ROWS), nargs="+", required=True)
+    s.add_argument("--seed", type=int, nargs="+", required=True)
     s.add_argument("--stage1", default=None, help="stage-1 checkpoint (rows that start from stage 1)")
     s.add_argument("--pattern", choices=PATTERNS, default="hdl64e")
-    s.add_argument("--steps", type=int, default=150)
-    s.add_argument("--crop", type=int, nargs=2, default=(96, 256))
-    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--steps", type=int, default=100)
+    s.add_argument("--crop", type=int, nargs=2, default=(96, 192))
+    s.add_argument("--batch-size", type=int, default=2)
     s.add_argument("--lr", type=float, default=5e-4)
     s.add_argument("--ssi-weight", type=float, default=0.2)
     s.add_argument("--threads", type=int, default=1)

@@ -51,10 +51,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     from storage.store import DatasetStore
 
     _check_model(args.model)
-    DatasetStore.open(args.store)  # StoreError naming the path if it is not a store
+    for store in args.store:
+        DatasetStore.open(store)  # StoreError naming the path if it is not a store
     from flows.train import pretrain_flow
 
-    _print_summary(pretrain_flow(store=str(args.store), **_common_train_kwargs(args)))
+    stores = [str(s) for s in args.store]
+    _print_summary(pretrain_flow(store=stores[0] if len(stores) == 1 else stores, **_common_train_kwargs(args)))
     return 0
 
 
@@ -73,7 +75,8 @@ def _finetune(args: argparse.Namespace) -> int:
     from flows.train import finetune_flow
 
     summary = finetune_flow(kitti=str(args.kitti), init=args.init, teacher=args.teacher, ssi_weight=args.ssi_weight,
-                            grad_weight=args.grad_weight, loss=args.loss, teacher_cache=args.teacher_cache,
+                            grad_weight=args.grad_weight, ssi_variant=args.ssi_variant, ssi_crops=args.ssi_crops,
+                            loss=args.loss, teacher_cache=args.teacher_cache,
                             **_common_train_kwargs(args))
     _print_summary(summary)
     return 0
@@ -121,7 +124,8 @@ def _export(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="stage 1: train depth completion on a monolidar store")
-    p.add_argument("--store", required=True, type=Path, help="store made by `monolidar build`")
+    p.add_argument("--store", required=True, type=Path, nargs="+",
+                   help="store(s) made by `monolidar build` (several are trained on as one)")
     _add_training_args(p, steps=2000, lr=1e-3, warmup=100)
     p.set_defaults(func=_pretrain)
 
@@ -130,9 +134,14 @@ def register(subparsers) -> None:
     p.add_argument("--init", default=None, help="stage-1 checkpoint to start from")
     p.add_argument("--teacher", default=None, help="teacher .onnx for the SSI term (default: embedded teacher)")
     p.add_argument("--ssi-weight", type=float, default=0.1, help="lambda of the SSI term (0 = off)")
-    p.add_argument("--grad-weight", type=float, default=0.0, help="SSI gradient-matching weight")
+    p.add_argument("--grad-weight", type=float, default=0.0, help="SSI gradient-matching weight (lsq variant)")
+    p.add_argument("--ssi-variant", choices=("lsq", "median_mad"), default="lsq",
+                   help="SSI alignment: closed-form least-squares scale+shift per image (lsq), or DMD3C's "
+                        "median/MAD normalisation in random crops (median_mad)")
+    p.add_argument("--ssi-crops", type=int, default=4, help="random crops per image for median_mad (default 4)")
     p.add_argument("--loss", choices=("l1", "l2"), default="l1", help="supervised loss on sparse GT")
-    p.add_argument("--teacher-cache", default=None, help="teacher output cache dir (default OUT/teacher_cache)")
+    p.add_argument("--teacher-cache", default=None,
+                   help="teacher output cache (the build's Zarr ArrayCache; default .monolidar-cache beside OUT)")
     _add_training_args(p, steps=1000, lr=5e-4, warmup=50)
     p.set_defaults(func=_finetune)
 

@@ -1,6 +1,7 @@
 """Losses: masked L1/L2, dense L1, SSI invariances."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,57 @@ def test_ssi_has_gradients_and_gradient_term_is_masked():
     m[..., :4] = True
     assert gradient_matching(r, m).item() == 0.0
     assert gradient_matching(r, torch.ones_like(m)).item() > 0.0
+
+
+def test_median_mad_ssi_ignores_affine_teacher_changes_and_needs_the_crops():
+    from model.losses import ssi_median_mad_loss
+
+    g = torch.Generator().manual_seed(0)
+    depth = 2.0 + 30.0 * torch.rand(2, 1, 24, 40, generator=g)
+    teacher = 1.0 / depth  # the prediction's own disparity
+    boxes = torch.tensor([[[0, 0, 12, 20], [10, 15, 12, 20]], [[5, 5, 12, 20], [12, 20, 12, 20]]])
+    assert float(ssi_median_mad_loss(depth, teacher, boxes)) < 1e-5
+    assert float(ssi_median_mad_loss(depth, 7.0 * teacher + 3.0, boxes)) < 1e-4  # scale and shift of the teacher
+    pred = depth.clone().requires_grad_(True)
+    noisy = teacher + 0.02 * torch.rand(teacher.shape, generator=g)
+    loss = ssi_median_mad_loss(pred, noisy, boxes)
+    loss.backward()
+    assert float(loss) > 1e-3 and torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+    # Pixels outside every crop get no gradient: the normalisation is per crop.
+    outside = torch.ones(2, 1, 24, 40, dtype=torch.bool)
+    for b in range(2):
+        for y0, x0, h, w in boxes[b].tolist():
+            outside[b, 0, y0:y0 + h, x0:x0 + w] = False
+    assert pred.grad[outside].abs().max() == 0
+
+
+def test_one_onnx_tolerance_rule():
+    from model.export import ort_mismatch
+
+    ref = np.array([[0.5, 80.0]])
+    assert ort_mismatch(ref + 0.05, ref) is None  # 1e-3 of the output's magnitude (80) = 0.08
+    assert ort_mismatch(ref + 0.1, ref) == pytest.approx(0.1)
+    assert ort_mismatch(np.zeros((1, 3)), ref) == float("inf")
+    assert ort_mismatch(ref + 0.1, ref, precision="fp16") is None
+    small = np.array([0.01, 0.02])
+    assert ort_mismatch(small + 5e-4, small) is None and ort_mismatch(small + 2e-3, small) is not None
+
+
+def test_one_training_loop_for_both_networks(monkeypatch):
+    """The embedded teacher and the completion flows both run model.training.train_loop."""
+    import flows.train
+    import model.training as training
+    from model.embedded_teacher import train_network
+
+    calls = []
+    real = training.train_loop
+
+    def spy(model, **kw):
+        calls.append(type(model).__name__)
+        return real(model, **kw)
+
+    monkeypatch.setattr(training, "train_loop", spy)
+    rgb = np.random.default_rng(0).integers(0, 255, (2, 28, 42, 3), dtype=np.uint8)
+    train_network([(rgb, np.ones((2, 28, 42), np.float32))], steps=1, seed=0, batch=2, crop_width=42, threads=1,
+                  log=lambda m: None)
+    assert calls == ["DepthNetSmall"] and flows.train.train_loop is real
