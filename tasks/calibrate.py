@@ -16,11 +16,12 @@ keys of tasks/sensors/*.yaml) and a report out. What is fitted and how:
   median gap.
 * **Range limits.** Nearest and farthest return beyond the body (min floored, max ceiled to 0.1 m / 1 m).
 * **Drops.** Each beam fires on a grid of ``round(360 / step)`` columns. A column whose two neighbours both
-  return from one smooth surface (ranges within ``smooth_ratio``) should return too; the share of such
-  columns that are missing is the drop rate. It is binned by range and incidence angle (surface normal from
-  the neighbouring columns and beams), giving the profile's ``random`` share (near, head-on surfaces) and a
-  linear rise with range (``far_start_m``, ``far_max``) and incidence (``grazing_deg``, ``grazing_max``)
-  where the data show one; per-beam and per-azimuth missing shares are reported.
+  return should return too; the share of such columns that are missing is the drop rate. On smooth
+  surfaces (neighbour ranges within ``smooth_ratio``), near (< 30 m) and head-on (< 60 deg) it gives the
+  profile's ``random`` share; binned by incidence angle (surface normal from the neighbouring columns and
+  beams) a linear rise (``grazing_deg``, ``grazing_max``), and over all such columns binned by range a linear
+  rise with range (``far_start_m``, ``far_max``), each only where the data show one. Per-beam and
+  per-azimuth missing shares are reported.
 * **Range noise.** Along a beam, three consecutive returns from a smooth surface have a second difference
   r[i-1] - 2 r[i] + r[i+1] that is pure noise up to curvature: sigma = 1.4826 MAD / sqrt(6), from returns
   nearer than 20 m (where the 2nd-difference of the geometry itself is small).
@@ -220,6 +221,7 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
 
     # Column grid per beam: range image (beams x columns), NaN = no return.
     cand_range, cand_inc, cand_missing = [], [], []
+    both_range, both_missing = [], []
     noise_d2 = []
     missing_per_beam = np.zeros(n_beams)
     az_bins = np.zeros((n_beams, 36))
@@ -254,6 +256,9 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
         cosang = np.abs(np.einsum("ijk,ijk->ij", nrm, ray)) / (np.linalg.norm(nrm, axis=-1) * np.linalg.norm(ray, axis=-1) + 1e-12)
         inc = np.degrees(np.arccos(np.clip(cosang, 0.0, 1.0)))
         smooth[0], smooth[-1] = False, False  # no wrap across the top/bottom beam
+        both = np.isfinite(left) & np.isfinite(right)  # any surface on both sides: for the range dependence
+        both_range.append(mid[both])
+        both_missing.append(~np.isfinite(img_e)[both])
         cand_range.append(mid[smooth])
         cand_inc.append(np.where(np.isfinite(inc), inc, -1.0)[smooth])
         cand_missing.append(~np.isfinite(img_e)[smooth])
@@ -268,10 +273,14 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
     if cand_missing.size < 50:
         raise GeometryError("too few smooth-surface columns to estimate drops")
 
-    def binned(values: np.ndarray, edges: tuple[float, ...], sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    both_range = np.concatenate(both_range)
+    both_missing = np.concatenate(both_missing)
+
+    def binned(values: np.ndarray, edges: tuple[float, ...], sel: np.ndarray,
+               missing: np.ndarray = cand_missing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         idx = np.digitize(values[sel], edges[1:-1])
         counts = np.bincount(idx, minlength=len(edges) - 1).astype(float)
-        miss = np.bincount(idx, weights=cand_missing[sel].astype(float), minlength=len(edges) - 1)
+        miss = np.bincount(idx, weights=missing[sel].astype(float), minlength=len(edges) - 1)
         rates = np.divide(miss, counts, out=np.zeros_like(miss), where=counts > 0)
         lo, hi = np.array(edges[:-1]), np.minimum(np.array(edges[1:]), max_range)
         return (lo + hi) / 2, rates, counts
@@ -281,7 +290,9 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
     near = cand_range < 30.0
     base_sel = head_on & near if (head_on & near).sum() >= 50 else np.ones_like(cand_missing)
     random_drop = float(cand_missing[base_sel].mean())
-    rc, rr, rn = binned(cand_range, RANGE_BINS_M, head_on if head_on.sum() >= 50 else np.ones_like(cand_missing))
+    # Range dependence over every column with returns on both sides (rough surfaces such as foliage too:
+    # far vegetation is where real sensors lose most returns); incidence needs the smooth-surface normals.
+    rc, rr, rn = binned(both_range, RANGE_BINS_M, np.ones_like(both_missing), both_missing)
     ic, ir, in_ = binned(cand_inc, INCIDENCE_BINS_DEG, valid_inc & near)
     drop: dict[str, float] = {"random": round(random_drop, 4)}
     far = _linear_rise(rc, rr, rn, random_drop, max_range)

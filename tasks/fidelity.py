@@ -89,14 +89,15 @@ def pattern_summary(sparse: np.ndarray, *, crop: tuple[int, int] = KITTI_CROP, b
 def simulate_on_photo(teacher_output: np.ndarray, K: np.ndarray, profile: SensorProfile, *, seeds: Sequence[int],
                       teacher_kind: str = "disparity", policy: DepthPolicy = DepthPolicy(),
                       mesh_options: MeshOptions | None = None, backend: str = "fast",
-                      see_through: bool = False) -> list[np.ndarray]:
-    """One simulated sparse map per seed, exactly as a dataset build would make it at this resolution."""
+                      see_through: bool = False, rgb: np.ndarray | None = None) -> list[np.ndarray]:
+    """One simulated sparse map per seed, as a dataset build makes it at this resolution; `rgb` (the photo)
+    lets the depth policy refine the sky (tasks.depth_policy)."""
     if not seeds:
         raise GeometryError("simulate_on_photo needs at least one seed")
     options = mesh_options or MeshOptions(max_depth_m=policy.max_depth_m)
     out = []
     for seed in seeds:
-        depth, _ = disparity_to_depth(teacher_output, kind=teacher_kind, seed=int(seed), policy=policy)
+        depth, _ = disparity_to_depth(teacher_output, kind=teacher_kind, seed=int(seed), policy=policy, rgb=rgb)
         scan = simulate_lidar(depth, K, profile, seed=int(seed), backend=backend, mesh_options=options,
                               see_through=see_through)
         out.append(scan.sparse)

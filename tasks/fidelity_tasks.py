@@ -90,7 +90,8 @@ def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | 
     t = Teacher(teacher)
     disp = t.predict(rgb[None])[0]
     seed_list = [seed + k for k in range(seeds)]
-    sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=t.output_kind, see_through=see_through)
+    sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=t.output_kind,
+                            see_through=see_through, rgb=rgb)
     report = compare(real, sims, tolerance=tolerance, real_is_proxy=reference_depth is not None)
     report.update(image=str(image), sensor=profile.name, sensor_source=str(profile.source or "fitted"),
                   teacher_sha256=t.sha256, seed_list=seed_list, **source)

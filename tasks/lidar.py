@@ -132,6 +132,14 @@ def beam_directions(profile: SensorProfile | str | Path, pose: np.ndarray, K: np
     K = np.asarray(K, dtype=np.float64)
     rng = np.random.default_rng(derive_seed(seed, "lidar-rays"))
     az_c, half, el_lo, el_hi = _image_sector(pose, K, int(height), int(width))
+    if profile.vertical_offsets_m is not None:
+        # a beam origin above or below the sensor origin sees the image under other elevations: widen the
+        # window to cover the lowest and the highest origin (elevation is monotonic in origin height)
+        for off in (profile.vertical_offsets_m.min(), profile.vertical_offsets_m.max()):
+            shifted = pose.copy()
+            shifted[:3, 3] += off * pose[:3, 2]
+            _, _, lo, hi = _image_sector(shifted, K, int(height), int(width))
+            el_lo, el_hi = min(el_lo, lo), max(el_hi, hi)
     if profile.pattern is not None:
         az, el, ring = _rosette(profile.pattern, rng)
         margin = SECTOR_MARGIN_DEG
@@ -154,6 +162,8 @@ def beam_directions(profile: SensorProfile | str | Path, pose: np.ndarray, K: np
     d_lidar = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=1)
     dirs = d_lidar @ pose[:3, :3].T
     origins = np.broadcast_to(pose[:3, 3], dirs.shape).copy()
+    if profile.vertical_offsets_m is not None:  # stacked lasers: each beam leaves the head at its own height
+        origins += profile.vertical_offsets_m[ring][:, None] * pose[:3, 2][None, :]
     return origins, dirs, ring.astype(np.int16)
 
 
