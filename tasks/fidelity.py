@@ -105,7 +105,9 @@ def simulate_on_photo(teacher_output: np.ndarray, K: np.ndarray, profile: Sensor
 
 
 def _rel(sim: float, real: float) -> float | None:
-    return None if real == 0 else (sim - real) / abs(real)
+    if real == 0:
+        return 0.0 if sim == 0 else None  # undefined against a zero reference (e.g. first row 0)
+    return (sim - real) / abs(real)
 
 
 def compare(real: np.ndarray, simulated: Sequence[np.ndarray], *, tolerance: float = 0.10,

@@ -203,3 +203,19 @@ def test_mesh_options_reach_the_mesh(street):
     _, depth = street
     coarse = simulate_lidar(depth, K_KITTI, "hdl64e_kitti", seed=4, mesh_options=MeshOptions(stride=2))
     assert coarse.stats["mesh_faces"] < simulate_lidar(depth, K_KITTI, "hdl64e_kitti", seed=4).stats["mesh_faces"] / 3
+
+
+def test_vertical_offsets_raise_the_beam_origins():
+    """A beam fired 0.2 m above the sensor origin hits a wall 0.2 m higher; the image sector still covers it."""
+    from tasks.sensors import parse_profile
+
+    raw = {"name": "w", "elevations_deg": [0.0], "azimuth_step_deg": 0.5, "max_range_m": 100.0,
+           "mount": {"translation_m": [0.0, 0.0, 0.0]}}
+    depth = np.full((H, W), 20.0, dtype=np.float32)
+    pose = sensor_pose(parse_profile(raw, "w"), seed=0, jitter=False)
+    flat = simulate_lidar(depth, K_KITTI, parse_profile(raw, "w"), seed=0, pose=pose)
+    high = simulate_lidar(depth, K_KITTI, parse_profile({**raw, "vertical_offsets_m": 0.2}, "w"), seed=0, pose=pose)
+    assert len(flat.points_cam) == len(high.points_cam) > 50
+    np.testing.assert_allclose(flat.points_cam[:, 1] - high.points_cam[:, 1], 0.2, atol=1e-3)  # camera y is down
+    rows = lambda s: np.nonzero((s.sparse > 0).any(1))[0]  # noqa: E731
+    assert rows(high).min() < rows(flat).min()
