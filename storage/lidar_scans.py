@@ -9,8 +9,8 @@ Scans (``read_scan``), chosen by file name:
 * ``*.pcd`` - Point Cloud Library files, ``DATA ascii`` or ``DATA binary`` (``binary_compressed`` is refused
   with a clear message); fields x, y, z and optionally intensity and ring (also ``laser_id``/``line``).
 
-Points stay in the LiDAR frame, exactly as stored. Returns at (almost) the origin are the "no return"
-markers some exporters keep (nuScenes keeps every firing); they are kept, and the calibration counts them.
+Points stay in the LiDAR frame, exactly as stored, including the "no return" markers near the origin that
+some exporters keep (nuScenes keeps every firing); tasks.calibrate counts them, tasks.fidelity skips them.
 
 Calibration (``read_calib``) gives the camera intrinsics K and camera_from_lidar (4 x 4):
 
@@ -35,7 +35,6 @@ import numpy as np
 
 from tasks.errors import InputError
 
-NO_RETURN_M = 1e-3  # a point this close to the origin is an exporter's "no return" marker, not a hit
 SCAN_SUFFIXES = (".pcd.bin", ".bin", ".npy", ".npz", ".pcd")
 _RING_FIELDS = ("ring", "laser_id", "line", "ring_id")
 _INTENSITY_FIELDS = ("intensity", "reflectance", "i")

@@ -38,6 +38,7 @@ import numpy as np
 from tasks.errors import GeometryError
 from tasks.lidar import CAM_FROM_LIDAR_AXES
 
+NO_RETURN_BELOW_M = 0.5  # nearer points are exporters' "no return" markers (motion compensation moves them)
 RANGE_BINS_M = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 1e9)
 INCIDENCE_BINS_DEG = (0.0, 30.0, 45.0, 60.0, 70.0, 80.0, 85.0, 90.0)
 
@@ -46,7 +47,7 @@ INCIDENCE_BINS_DEG = (0.0, 30.0, 45.0, 60.0, 70.0, 80.0, 85.0, 90.0)
 class FitOptions:
     """Thresholds of the fit (see the module docstring)."""
 
-    no_return_below_m: float = 0.5
+    no_return_below_m: float = NO_RETURN_BELOW_M
     body_radius_m: float = 2.8
     min_fit_range_m: float = 3.0
     smooth_ratio: float = 1.1

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.ndimage import minimum_filter
 from scipy.stats import wasserstein_distance
 
+from tasks.calibrate import NO_RETURN_BELOW_M
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
 from tasks.errors import GeometryError
 from tasks.lidar import project_points, simulate_lidar
@@ -37,7 +38,6 @@ SEE_THROUGH_RADIUS_PX = 3
 SEE_THROUGH_RATIO = 1.3
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HEADLINE = ("density", "density_kitti_crop", "first_row", "rows_covered")
-NO_RETURN_M = 0.5  # LiDAR points nearer than this are exporters' "no return" markers
 
 
 def project_sweep(points_lidar: np.ndarray, cam_from_lidar: np.ndarray, K: np.ndarray, height: int,
@@ -46,7 +46,7 @@ def project_sweep(points_lidar: np.ndarray, cam_from_lidar: np.ndarray, K: np.nd
     pts = np.asarray(points_lidar, dtype=np.float64)
     if pts.ndim != 2 or pts.shape[1] != 3:
         raise GeometryError(f"points must be (N, 3), got shape {pts.shape}")
-    pts = pts[np.linalg.norm(pts, axis=1) >= NO_RETURN_M]
+    pts = pts[np.linalg.norm(pts, axis=1) >= NO_RETURN_BELOW_M]  # drop no-return markers
     T = np.asarray(cam_from_lidar, dtype=np.float64)
     cam = pts @ T[:3, :3].T + T[:3, 3]
     sparse, _ = project_points(cam, np.asarray(K, dtype=np.float64), int(height), int(width))
