@@ -112,7 +112,7 @@ def test_fidelity_cli_json_and_errors(prefect_harness, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_shared_scans_meet_the_targets(shared_data, prefect_harness, tmp_path):
+def test_shared_scans_meet_the_targets(shared_data):
     """The issue's acceptance figures: nuScenes (fitted hdl32e) first-return row within 10 %; hdl64e_kitti on
     both KITTI frames first-return row and rows covered within 10 % of the ground-truth pattern (a proxy:
     there is no real KITTI scan in the shared data)."""
