@@ -35,8 +35,8 @@ NEAR = DepthPolicy(near_m=(4.0, 6.0))
 
 
 def old_hdl64e():
-    """hdl64e_kitti as shipped before this change (from git history: the commit before the factory geometry)."""
-    text = subprocess.run(["git", "show", "4cd2a27:tasks/sensors/hdl64e_kitti.yaml"], cwd=REPO, check=True,
+    """hdl64e_kitti as shipped before this change (from git history: main before issue 13)."""
+    text = subprocess.run(["git", "show", "7e7dff2:tasks/sensors/hdl64e_kitti.yaml"], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout
     return parse_profile(yaml.safe_load(text), "hdl64e_kitti (before)")
 
