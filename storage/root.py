@@ -40,7 +40,9 @@ class StoreRoot:
 
             self.url = str(url).rstrip("/")
             self.protocol = self.url.split("://", 1)[0]
-            self.fs, self.base = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            # No listings cache: several writers share a bucket, and a stale listing would hide a fresh part.
+            opts = {"use_listings_cache": False, **self.storage_options}
+            self.fs, self.base = fsspec.core.url_to_fs(self.url, **opts)
             self.path: Path | None = None
         else:
             self.path = _local(url)
@@ -143,7 +145,9 @@ class StoreRoot:
         except FileExistsError:
             return False
         except OSError as exc:
-            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+            # s3fs reports a refused conditional PUT (HTTP 412 PreconditionFailed) as EINVAL with that message.
+            text = str(exc).lower()
+            if any(k in text for k in ("precondition", "pre-condition", "412")):
                 return False
             raise
         return True

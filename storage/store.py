@@ -68,22 +68,34 @@ ARRAY_DOCS = {
     "lidar_pose": "4x4 camera_from_lidar rigid transform (metres)",
 }
 
-# Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen with out-of-tree measurements on the
-# bench_loader samples (KITTI-like 352x1216; see README "Dataset format"): per array the blosc shuffle that
-# suits its bytes (byte shuffle for 2- and 4-byte numbers, bit shuffle for uint8 RGB and the smooth float32
-# depth) and blosc level 5 (= zstd level 9). Level 9 (= zstd 22) is ~10 % smaller on depth/teacher but costs
-# 0.4-1.5 s of CPU per sample and array on writes, far over the build's ~30 ms per-sample budget.
-# name -> (cname, clevel, shuffle)
-BLOSC = {
-    "rgb": ("zstd", 5, "bitshuffle"),
-    "teacher_output": ("zstd", 5, "shuffle"),
-    "depth": ("zstd", 5, "bitshuffle"),
-    "sparse": ("zstd", 5, "shuffle"),
-    "K": ("zstd", 5, "shuffle"),
-    "lidar_pose": ("zstd", 5, "shuffle"),
+# Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
+# samples (KITTI-like 352x1216; figures in README "Dataset format"). Two profiles:
+# * "balanced" (default, what a build writes): blosc level 5 (= zstd 9) with the shuffle that suits each
+#   array's bytes (bit shuffle for uint8 RGB and the smooth float32 depth, byte shuffle for 2-byte numbers).
+#   ~0.05-0.1 s of CPU per array and sample on writes.
+# * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
+#   ~10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's ~30 ms
+#   per-sample budget; meant for archiving or publishing a finished dataset.
+# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle)
+COMPRESSION = {
+    "balanced": {
+        "rgb": (None, "zstd", 5, "bitshuffle"),
+        "teacher_output": (None, "zstd", 5, "shuffle"),
+        "depth": (None, "zstd", 5, "bitshuffle"),
+        "sparse": (None, "zstd", 5, "shuffle"),
+        "K": (None, "zstd", 5, "shuffle"),
+        "lidar_pose": (None, "zstd", 5, "shuffle"),
+    },
+    "small": {
+        "rgb": ((0, 3, 1, 2), "zstd", 9, "noshuffle"),
+        "teacher_output": (None, "zstd", 9, "shuffle"),
+        "depth": (None, "zstd", 9, "bitshuffle"),
+        "sparse": (None, "zstd", 9, "shuffle"),
+        "K": (None, "zstd", 5, "shuffle"),
+        "lidar_pose": (None, "zstd", 5, "shuffle"),
+    },
 }
-# Whole chunk as one blosc block: better ratios than blosc's default split, same decode speed.
-BLOSC_BLOCKSIZE = 0
+DEFAULT_COMPRESSION = "balanced"
 
 
 def sample_shape(name: str, height: int, width: int) -> tuple[int, ...]:
@@ -91,16 +103,16 @@ def sample_shape(name: str, height: int, width: int) -> tuple[int, ...]:
     return ARRAYS[name][1](height, width)
 
 
-def _codecs(name: str) -> dict[str, Any]:
-    from zarr.codecs import BloscCodec, Crc32cCodec
+def _codecs(name: str, compression: str = DEFAULT_COMPRESSION) -> dict[str, Any]:
+    from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 
-    cname, clevel, shuffle = BLOSC[name]
+    order, cname, clevel, shuffle = COMPRESSION[compression][name]
     dtype = ARRAYS[name][0]
     return {
-        "filters": None,
+        "filters": [TransposeCodec(order=order)] if order else None,
         "compressors": [
-            BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=dtype.itemsize,
-                       blocksize=BLOSC_BLOCKSIZE),
+            # blocksize 0: blosc picks its block size (a whole-chunk block measured no smaller)
+            BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=dtype.itemsize, blocksize=0),
             Crc32cCodec(),  # checksum of each compressed chunk, checked on every read
         ],
     }
@@ -178,16 +190,19 @@ class DatasetStore:
         chunk_size: int = 1,
         exist_ok: bool = False,
         storage_options: dict | None = None,
+        compression: str = DEFAULT_COMPRESSION,
     ) -> "DatasetStore":
         """Create an empty store (0 samples; grow with ensure_shards). ``path`` may be a URL (s3://…).
 
         exist_ok=True opens an existing store instead if its height/width/shard_size match (else StoreError),
-        which is what a resumed build wants.
+        which is what a resumed build wants. ``compression``: a COMPRESSION profile (balanced | small).
         """
         import zarr
 
         root = StoreRoot(path, storage_options)
         where = root.url
+        if compression not in COMPRESSION:
+            raise StoreError(f"{where}: unknown compression {compression!r}; expected one of {', '.join(COMPRESSION)}")
         if height <= 0 or width <= 0:
             raise StoreError(f"{where}: image size must be positive, got {height}x{width}")
         if shard_size <= 0 or chunk_size <= 0 or shard_size % chunk_size:
@@ -215,6 +230,7 @@ class DatasetStore:
                 "width": int(width),
                 "shard_size": int(shard_size),
                 "chunk_size": int(chunk_size),
+                "compression": compression,
                 "arrays": {n: {"dtype": str(d), "sample_shape": list(f(height, width)), "doc": ARRAY_DOCS[n]}
                            for n, (d, f) in ARRAYS.items()},
                 "manifest": f"{mf.MANIFEST_DIR}/shard-NNNNN.parquet",
@@ -237,7 +253,7 @@ class DatasetStore:
                     shards=(shard_size, *sample),
                     fill_value=0,
                     dimension_names=["sample", *[f"d{i}" for i in range(len(sample))]],
-                    **_codecs(name),
+                    **_codecs(name, compression),
                 )
             if root.path is not None:
                 (root.path / mf.MANIFEST_DIR).mkdir(exist_ok=True)
@@ -555,16 +571,31 @@ def render_card(store: DatasetStore) -> str:
         lines.append(f"| `{name}` | {dtype} | {shape_fn(store.height, store.width)} | {ARRAY_DOCS[name]} |")
     lines += [
         "",
-        "## Format",
+        "## Format (readable without monolidar)",
         "",
-        f"Each array is sharded (`shards=({store.shard_size}, ...)`, chunks of {store.chunk_size} sample(s), zstd).",
-        f"`{mf.MANIFEST_DIR}/shard-NNNNN.parquet` holds one row per sample of shard NNNNN; a shard without its part",
-        "is incomplete and must be ignored. Row `index` = shard * shard_size + row addresses the arrays.",
-        "Manifest columns: " + ", ".join(f"`{n}`" for n in mf.SCHEMA.names) + ".",
+        "A standard Zarr v3 group: every array uses only the spec's codecs (`sharding_indexed`, `bytes`, `blosc`,",
+        f"`crc32c`{', `transpose`' if attrs.get('monolidar', {}).get('compression') == 'small' else ''}), so "
+        "zarr-python, tensorstore or zarr.js open it as it is:",
         "",
-        "Read with monolidar (`storage.store.DatasetStore.open`, `storage.dataset.CompletionDataset`) or plainly:",
-        "`import storage.codecs` (registers the rgb predictor codec), then `zarr.open_group(path)['rgb'][i]`",
-        "and `pyarrow.parquet.read_table(path + '/manifest')`.",
+        "```python",
+        "import zarr, pyarrow.parquet as pq",
+        f"g = zarr.open_group('{store.url}', mode='r')      # s3:// URLs work too (zarr's fsspec store)",
+        "rgb = g['rgb'][i]                                    # uint8 H x W x 3",
+        "sparse_m = g['sparse'][i] / 256.0                    # metres, 0 = no return",
+        f"rows = pq.read_table('{store.url}/manifest')     # one row per sample",
+        "```",
+        "",
+        f"Each array is sharded along the sample axis: one shard object holds {store.shard_size} samples "
+        f"(`<array>/c/<shard>/0/...`), chunks of {store.chunk_size} sample(s) inside it, each chunk blosc-compressed "
+        f"(profile `{attrs.get('monolidar', {}).get('compression', DEFAULT_COMPRESSION)}`) and followed by its crc32c.",
+        f"`{mf.MANIFEST_DIR}/shard-NNNNN.parquet` holds one row per sample of shard NNNNN and is written after the",
+        "shard's arrays: a shard without its part is incomplete and must be ignored, and rows past a part's length are",
+        "padding (zeros). Row `index` = shard * shard_size + row addresses the arrays; only rows with `status` `ok`",
+        "hold data (`quarantined`/`failed` rows are zeros and carry a `reason`).",
+        "Manifest columns: " + ", ".join(f"`{n}`" for n in mf.SCHEMA.names) + " (+ extra statistics).",
+        "Each part's Parquet metadata records the sha256 of every array's shard object (`monolidar.shard_sha256`),",
+        "a digest of its rows and the shard's build-plan rows; `monolidar verify` checks them all.",
+        "`plan.parquet` lists which input went to which shard and row, with its seed.",
         "",
         "## Teacher",
         "",

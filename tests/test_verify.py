@@ -148,3 +148,34 @@ def test_verify_cli_json_and_exit_codes(pristine, tmp_path, capsys):
     assert got["marked"] == [2] and got["bad_shards"][0]["shard"] == 2
     assert main(["verify", str(tmp_path / "nope")]) == 2
     assert "no such store" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_verify_then_repair_flow_restores_a_built_store(prefect_harness, small_images, tiny_teacher_onnx, tmp_path):
+    """Every fault at once on a store made by the real build flow; `verify` marks, the real `repair` flow
+    rebuilds, and the store's shards, manifest and plan are byte-identical to the undamaged build."""
+    from flows.build import repair_dataset
+    from tests.test_build_flow import run_build, shard_bytes
+
+    out = tmp_path / "ds.zarr"
+    res = run_build(small_images, out, tiny_teacher_onnx, samples_per_image=2, cache_dir=str(tmp_path / "cache"))
+    assert res["shards_complete"] == 5
+
+    def snapshot() -> dict:
+        return {**shard_bytes(out), "plan.parquet": (out / "plan.parquet").read_bytes()}
+
+    before = snapshot()
+    _flip(out / "rgb/c/0/0/0/0", 1000)                   # a flipped byte in a shard object
+    _truncate(out / "depth/c/1/0/0")                      # a truncated shard object
+    (out / "sparse/c/2/0/0").unlink()                     # a deleted shard object
+    _flip(out / "manifest" / mf.part_name(3), 200)        # a corrupt manifest part
+    _point_outside(out)                                   # a plan row pointing outside the store
+
+    report = verify_store(out)
+    assert sorted(b["shard"] for b in report.bad_shards) == [0, 1, 2, 3], report.bad_shards
+    assert len(report.plan_problems) == 1 and report.plan_restored
+    assert DatasetStore.open(out).complete_shards() == [4]
+    repaired = repair_dataset(store=str(out), cache_dir=str(tmp_path / "cache"))
+    assert repaired["repaired_shards"] == [0, 1, 2, 3]
+    assert verify_store(out).ok
+    assert snapshot() == before
