@@ -50,9 +50,9 @@ def _digest(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
 
-@pytest.fixture
-def built(tmp_path) -> tuple[Path, dict[str, np.ndarray]]:
-    store = new_store(tmp_path / "ds")
+@pytest.fixture(params=["balanced", "small"])
+def built(tmp_path, request) -> tuple[Path, dict[str, np.ndarray]]:
+    store = new_store(tmp_path / "ds", compression=request.param)
     store.ensure_shards(3)
     full, partial = make_arrays(S, 1), make_arrays(2, 2)
     store.write_shard(0, full, make_rows(0, S))
