@@ -179,3 +179,25 @@ def test_verify_then_repair_flow_restores_a_built_store(prefect_harness, small_i
     assert repaired["repaired_shards"] == [0, 1, 2, 3]
     assert verify_store(out).ok
     assert snapshot() == before
+
+
+def test_inputs_changed_since_the_build_are_flagged(tmp_path):
+    import hashlib
+
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"the photo the shard was built from")
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(1)
+    arrays = make_arrays(S, 3)
+    rows = make_rows(0, S)
+    for r, row in enumerate(rows):
+        row.update(source_uri=str(photo), content_hash=hashlib.sha256(photo.read_bytes()).hexdigest(),
+                   lidar_points=int(np.count_nonzero(arrays["sparse"][r])))
+    store.write_shard(0, arrays, rows)
+    assert verify_store(tmp_path / "ds", inputs=True, mark=False).ok
+    photo.write_bytes(b"another photo saved under the same name")
+    report = verify_store(tmp_path / "ds", inputs=True, mark=False)
+    assert len(report.inputs_changed) == S and report.bad_shards[0]["shard"] == 0
+    assert "content changed since shard 0 was built" in report.bad_shards[0]["reason"]
+    photo.unlink()  # a deleted input keeps its samples: not reported
+    assert verify_store(tmp_path / "ds", inputs=True, mark=False).ok
