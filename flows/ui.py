@@ -170,7 +170,9 @@ def bring_up(*, host: str = "127.0.0.1", port: int = 4200, log_dir: Path | None 
 def serve_ui(**kwargs) -> int:
     """`monolidar ui`: bring the stack up, print the URL, wait for Ctrl-C / SIGTERM, stop what it started."""
     say = kwargs.pop("say", print)
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # Install both handlers explicitly: a process started in the background by a non-interactive shell
+    # inherits SIGINT ignored, and Ctrl-C / `kill -INT` must still stop the stack.
+    previous = {sig: signal.signal(sig, _raise_keyboard_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     stack = None
     try:
         stack = bring_up(say=say, **kwargs)
@@ -188,7 +190,8 @@ def serve_ui(**kwargs) -> int:
     finally:
         if stack is not None:
             stop_all(stack, say)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001 - signal handler signature

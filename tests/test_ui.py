@@ -1,6 +1,6 @@
 """`monolidar ui` end to end: the real command on a free port with its own Prefect home; a build started
-through the API exactly as the UI's Run button does; a bad-parameter run that reads clearly; Ctrl-C stops
-everything it started."""
+through the API exactly as the UI's Run button does; a bad-parameter run that reads clearly; a second
+`monolidar ui` reuses the running server; Ctrl-C stops everything each one started, and only that."""
 from __future__ import annotations
 
 import re
@@ -41,32 +41,21 @@ def test_ui_runs_a_build_from_the_deployment_and_stops_cleanly(tmp_path, small_i
         logs = flow_run_logs(api, bad)
         assert not [m for m in logs if "Traceback" in m], logs
         assert [m for m in logs if "input folder does not exist" in m] == [f"Finished in state Failed('{reason}')"]
+
+        # A second `monolidar ui` finds this server: it starts only a worker, and Ctrl-C stops only that.
+        (tmp_path / "second").mkdir()
+        second = UICommand(tmp_path / "second", port)
+        try:
+            second.wait_for(r"Prefect UI: ")
+            assert f"using the Prefect server already running at {api}" in second.text()
+            assert len(pids_started(second.text())) == 1, second.text()
+        finally:
+            assert second.interrupt() == 0, second.text()
+            second.kill()
+        assert "stopping the server" not in second.text() and port_open(port)
     finally:
         rc = ui.interrupt()
         ui.kill()
     assert rc == 0, ui.text()
     assert "stopping the worker" in ui.text() and "stopping the server" in ui.text()
     assert not any(alive(p) for p in pids) and not port_open(port)
-
-
-def test_ui_reuses_a_running_server_and_leaves_it_running(tmp_path):
-    """A second `monolidar ui` finds the first one's server: it starts only a worker and stops only that."""
-    port = free_port()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    first = UICommand(tmp_path / "a", port)
-    try:
-        first.wait_for(r"Prefect UI: ")
-        second = UICommand(tmp_path / "b", port)
-        try:
-            second.wait_for(r"Prefect UI: ")
-            assert "using the Prefect server already running" in second.text()
-            assert len(pids_started(second.text())) == 1  # the worker only
-        finally:
-            assert second.interrupt() == 0, second.text()
-            second.kill()
-        assert "stopping the server" not in second.text() and port_open(port)
-    finally:
-        assert first.interrupt() == 0, first.text()
-        first.kill()
-    assert not port_open(port)
