@@ -51,6 +51,8 @@ def _quiet_prefect(debug: bool) -> None:
     CLI prints its own progress, summaries and one-line errors, so Prefect's run loggers only speak with
     --debug (a filter, not a level: Prefect re-applies its logging config when the first run starts)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral server gets 20 s to start by default; a loaded 2-core box needs longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     if debug:

@@ -36,15 +36,22 @@ class _Records(logging.Handler):
 
 @pytest.fixture
 def prefect_records():
-    """Every record Prefect's loggers let through (they do not propagate to pytest's root handler)."""
+    """Every record Prefect's run loggers emit (they do not propagate to pytest's root handler). Filters that
+    other tests left on them (the CLI's quiet mode) are lifted for the test; readable_failures adds its own."""
     handler = _Records()
     logger = logging.getLogger("prefect")
     old_level = logger.level
+    run_loggers = [logging.getLogger(n) for n in ("prefect.flow_runs", "prefect.flow_engine", "prefect.engine")]
+    old_filters = [list(lg.filters) for lg in run_loggers]
+    for lg in run_loggers:
+        lg.filters.clear()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     yield handler.records
     logger.removeHandler(handler)
     logger.setLevel(old_level)
+    for lg, filters in zip(run_loggers, old_filters):
+        lg.filters[:] = filters
 
 
 def _tracebacks(records: list[logging.LogRecord]) -> list[logging.LogRecord]:
