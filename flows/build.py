@@ -20,6 +20,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.failures import readable_failures
+
 from storage.cache import ArrayCache, default_cache_dir
 from storage.plan import read_plan, write_plan
 from storage.root import StoreRoot, is_remote
@@ -78,7 +80,8 @@ def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(v) for v in shards.values()), unit="sample", desc="build", file=sys.stderr)
-    artifact = create_progress_artifact(0.0, description=f"shards written of {len(futures)}") if futures else None
+    artifact = create_progress_artifact(0.0, key="build-progress",  # key = the card's title in the UI
+                                        description=f"{len(futures)} shards to write into {store.path}") if futures else None
     results = []
     for done, fut in enumerate(as_completed(list(futures)), start=1):
         shard, tout = futures[fut]
@@ -153,6 +156,7 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
 
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@readable_failures
 def build_dataset(
     images: str = str(DEMO_IMAGES),
     out: str = DEFAULT_OUT,
@@ -272,6 +276,7 @@ def _open_or_create(path: Path | str, cfg: BuildConfig, teacher: dict, images: s
 
 
 @flow(name="repair-shards", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@readable_failures
 def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None = None,
                    progress: bool = False) -> dict:
     """Re-run only the shards of ``store`` that are missing or hold failed samples, from its stored plan and
