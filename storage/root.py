@@ -29,6 +29,16 @@ def _local(url: str | os.PathLike) -> Path:
     return Path(s[len("file://"):] if s.startswith("file://") else s)
 
 
+def read_uri(uri: str) -> bytes:
+    """Whole content of a local path, file:// URL or fsspec URL (FileNotFoundError if absent)."""
+    if is_remote(uri):
+        import fsspec
+
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    return _local(uri).read_bytes()
+
+
 class StoreRoot:
     """A directory-like root, local or remote. Paths given to its methods are relative, '/'-separated."""
 

@@ -159,14 +159,14 @@ def check_plan(store: DatasetStore, committed_plans: dict[int, list[dict]]) -> t
 def check_inputs(store: DatasetStore, shard: int) -> list[dict]:
     """Rows of an ok shard whose input file's content no longer matches the content_hash it was built from
     (a replaced photo under the same name). Missing inputs are not reported: their samples are kept."""
-    from tasks.planning import read_bytes
+    from storage.root import read_uri
 
     out = []
     for r in store.manifest_part(shard).to_pylist():
         if r["status"] != "ok" or not r.get("content_hash"):
             continue
         try:
-            digest = hashlib.sha256(read_bytes(r["source_uri"])).hexdigest()
+            digest = hashlib.sha256(read_uri(r["source_uri"])).hexdigest()
         except (FileNotFoundError, IsADirectoryError):
             continue
         if digest != r["content_hash"]:
