@@ -22,6 +22,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.failures import readable_failures
 from model.batches import kitti_batch_maker, store_batch_maker
 from model.checkpoint import (FINAL_CKPT, LAST_CKPT, CompletionCheckpoints, init_from_checkpoint, load_checkpoint,
                               model_from_checkpoint)
@@ -67,6 +68,7 @@ def _set_threads(threads: int | None) -> None:
 
 
 @flow(name="pretrain", log_prints=True)
+@readable_failures
 def pretrain_flow(
     store: str | list[str],
     out: str,
@@ -185,6 +187,7 @@ def _teacher_loader(cache_dir: str, keys: list[str], output_kind: str) -> Callab
 
 
 @flow(name="finetune", log_prints=True)
+@readable_failures
 def finetune_flow(
     kitti: str,
     out: str,
@@ -287,6 +290,7 @@ def finetune_flow(
 
 
 @flow(name="evaluate", log_prints=True)
+@readable_failures
 def evaluate_flow(
     kitti: str,
     ckpt: str | None = None,
