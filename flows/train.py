@@ -248,6 +248,7 @@ def finetune_flow(
     """
     logger = get_run_logger()
     from storage.cache import default_cache_dir
+    from storage.kitti import load_kitti_item
 
     if loss not in ("l1", "l2"):
         raise InputError(f"loss must be 'l1' or 'l2', got {loss!r}")
@@ -275,8 +276,9 @@ def finetune_flow(
     logger.info(f"finetune {model} on {kitti} ({len(items)} frames, ssi_weight={ssi_weight}) -> {out}")
     crops = ssi_crops if (ssi_weight > 0 and ssi_variant == "median_mad") else 0
     summary = _run(net, model, out=out, steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                   make_batch=kitti_batch_maker(items, teacher_maps, batch_size=batch_size, crop_h=crop_h,
-                                                crop_w=crop_w, seed=seed, ssi_crops=crops),
+                   make_batch=kitti_batch_maker(lambda i: load_kitti_item(items[i]), len(items), teacher_maps,
+                                                batch_size=batch_size, crop_h=crop_h, crop_w=crop_w, seed=seed,
+                                                ssi_crops=crops),
                    objective=stage2_objective(ssi_weight=ssi_weight, grad_weight=grad_weight, loss=loss,
                                               ssi_variant=ssi_variant),
                    ema_decay=ema_decay, ckpt_every=ckpt_every, resume=resume, config=config, stop_at=stop_at,
@@ -339,8 +341,11 @@ def evaluate_flow(
     out_dir = Path(out) if out else None
     if out_dir:
         out_dir.mkdir(parents=True, exist_ok=True)
-    rows = evaluate_items(items, predictors, exclude_input=exclude_input, out=out_dir, write_method=method,
-                          progress=progress)
+    from storage.kitti import load_kitti_item, write_depth_png
+
+    rows = evaluate_items((load_kitti_item(i) for i in items), predictors, exclude_input=exclude_input,
+                          write=(lambda name, pred: write_depth_png(out_dir / f"{name}.png", pred)) if out_dir else None,
+                          write_method=method, progress=progress)
     if not rows[method]:
         raise InputError(f"{kitti}: no frame has ground truth to evaluate against")
     results = {m: aggregate_metrics(r) for m, r in rows.items()}

@@ -57,27 +57,25 @@ def store_batch_maker(dataset, *, batch_size: int, crop_h: int, crop_w: int, see
     return make
 
 
-def kitti_batch_maker(items: list, teacher: Callable[[int], np.ndarray] | None, *, batch_size: int, crop_h: int,
-                      crop_w: int, seed: int, ssi_crops: int = 0) -> Callable[[int], Batch]:
-    """Stage 2: random crops (+ flips) of KITTI frames: rgb, sparse input, target (GT, else the sparse input),
-    and with ``teacher`` (item index -> teacher disparity HxW) the teacher's disparity; ``ssi_crops`` > 0 adds
+def kitti_batch_maker(frame: Callable[[int], dict], n: int, teacher: Callable[[int], np.ndarray] | None, *,
+                      batch_size: int, crop_h: int, crop_w: int, seed: int, ssi_crops: int = 0) -> Callable[[int], Batch]:
+    """Stage 2: random crops (+ flips) of ``n`` KITTI frames (``frame(i)`` -> {"rgb", "sparse", "gt"}, e.g.
+    storage.kitti's ``load_kitti_item``): rgb, sparse input, target (GT, else the sparse input), and with
+    ``teacher`` (index -> teacher disparity HxW) the teacher's disparity; ``ssi_crops`` > 0 adds
     ``ssi_boxes`` for the median/MAD SSI variant."""
-    from storage.kitti import load_kitti_item
 
     @lru_cache(maxsize=64)  # decoded frames; a small set stays in memory, a large one streams
     def load(i: int) -> dict[str, np.ndarray]:
-        s = load_kitti_item(items[i])
+        s = frame(i)
         rgb = s["rgb"].astype(np.float32).transpose(2, 0, 1) / 255.0
         target = s["gt"] if s["gt"] is not None else s["sparse"]
         arrays = {"rgb": rgb, "sparse": s["sparse"][None], "target": target[None].astype(np.float32)}
         if teacher is not None:
             t = teacher(i)
             if t.shape != rgb.shape[1:]:
-                raise InputError(f"{items[i]}: teacher output {t.shape} does not fit image {rgb.shape[1:]}")
+                raise InputError(f"frame {i}: teacher output {t.shape} does not fit image {rgb.shape[1:]}")
             arrays["teacher"] = t[None].astype(np.float32)
         return arrays
-
-    n = len(items)
 
     def make(step: int) -> Batch:
         rng = np.random.default_rng(derive_seed(seed, "batch", step))

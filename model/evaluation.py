@@ -2,8 +2,7 @@
 metrics used to judge a monocular teacher."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -33,29 +32,28 @@ def ipbasic_predictor(rgb: np.ndarray, sparse: np.ndarray) -> np.ndarray:
     return ipbasic_complete(sparse)
 
 
-def evaluate_items(items: list, predictors: dict[str, Predictor], *, exclude_input: bool = False,
-                   out: Path | None = None, write_method: str | None = None,
+def evaluate_items(frames: Iterable[dict], predictors: dict[str, Predictor], *, exclude_input: bool = False,
+                   write: Callable[[str, np.ndarray], None] | None = None, write_method: str | None = None,
                    progress: bool = True) -> dict[str, list[dict]]:
-    """Per-image metrics of every predictor on every frame with GT; optionally write KITTI PNG predictions.
+    """Per-image metrics of every predictor on every frame with GT; ``write(name, prediction)`` receives
+    ``write_method``'s predictions. ``frames``: dicts {"name", "rgb", "sparse", "gt"} (storage.kitti's
+    ``load_kitti_item`` output; the caller reads them, so model/ needs no file format).
 
     ``exclude_input``: score only GT pixels that were not given as sparse input (for GT-derived input).
     Returns {method: [per-image metric dicts with "name"]}.
     """
     from tqdm.auto import tqdm
 
-    from storage.kitti import load_kitti_item, write_depth_png
-
     rows: dict[str, list[dict]] = {m: [] for m in predictors}
-    for item in tqdm(items, desc="evaluate", disable=not progress, leave=False):
-        s = load_kitti_item(item)
+    for s in tqdm(frames, desc="evaluate", disable=not progress, leave=False):
         if s["gt"] is None:
             continue
         mask = exclusion_mask(s["sparse"]) if exclude_input else None
         for method, predict in predictors.items():
             pred = predict(s["rgb"], s["sparse"])
             rows[method].append({"name": s["name"], **depth_metrics(pred, s["gt"], mask)})
-            if out is not None and method == write_method:
-                write_depth_png(out / f"{s['name']}.png", pred)
+            if write is not None and method == write_method:
+                write(s["name"], pred)
     return rows
 
 

@@ -74,9 +74,10 @@ def test_scoring_excludes_input_pixels(tmp_path):
     write_kitti_dc(tmp_path, [{"name": "f", "rgb": rgb, "sparse": sparse, "gt": gt, "K": K.astype(np.float32)}])
     items = find_kitti_dc(tmp_path)
     # A "method" that is perfect on its input pixels and 1 m off everywhere else.
-    rows = evaluate_items(items, {"copy": lambda _rgb, sp: np.where(sp > 0, sp, 0) + np.where(sp > 0, 0, gt + 1.0)},
-                          exclude_input=True, progress=False)["copy"]
     from storage.kitti import load_kitti_item
+
+    rows = evaluate_items([load_kitti_item(i) for i in items], {"copy": lambda _rgb, sp: np.where(sp > 0, sp, 0) + np.where(sp > 0, 0, gt + 1.0)},
+                          exclude_input=True, progress=False)["copy"]
 
     sp = load_kitti_item(items[0])["sparse"]
     gt_read = load_kitti_item(items[0])["gt"]
