@@ -205,7 +205,8 @@ def test_teacher_cache_survives_a_process_restart(prefect_harness, small_images,
     import sys
 
     run_build(small_images, tmp_path / "first.zarr", tiny_teacher_onnx)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": "",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # a loaded CI box starts it slowly
     cmd = [sys.executable, "-m", "flows.cli", "build", "--quiet", "--images", str(small_images), "--out",
            str(tmp_path / "second.zarr"), "--teacher", str(tiny_teacher_onnx), "--sensor", "os1_64",
            *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]
