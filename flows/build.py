@@ -225,6 +225,7 @@ def build_dataset(
     inputs = discover_inputs(images)
     # A missing or broken teacher fails here, before any shard runs.
     ident = load_validated_teacher(teacher, batch_size=teacher_batch_size, threads=teacher_threads)
+    t_plan = time.perf_counter()
     store_path = Path(out)
     cache = str(Path(cache_dir) if cache_dir else default_cache_dir(store_path))
     store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite)
@@ -246,11 +247,20 @@ def build_dataset(
         }
         logger.info("%d inputs, %d samples in %d shards; %d shards to write (%d up to date)", len(inputs),
                     len(plan.samples), plan.n_shards, len(todo), plan.n_shards - len(todo))
+        t_shards = time.perf_counter()
         results = _run_shards(store, cache, todo, cfg, ident, sim_workers=resolve_sim_workers(sim_workers),
                               progress=progress)
+        t_finalize = time.perf_counter()
         summary = _finalize(store, cfg, ident, results, {"removed_inputs": plan.removed_keys,
                                                          "inputs": len(inputs)}, previews)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    t_end = time.perf_counter()
+    # Where the time went: everything but the shard chains is per-build overhead (teacher load + probe,
+    # discovery, planning, manifest reads, finalize, previews), which must stay small at scale.
+    summary["seconds"] = round(t_end - t0, 2)
+    summary["seconds_teacher_load"] = round(t_plan - t0, 2)
+    summary["seconds_plan"] = round(t_shards - t_plan, 2)
+    summary["seconds_shards"] = round(t_finalize - t_shards, 2)
+    summary["seconds_finalize"] = round(t_end - t_finalize, 2)
     logger.info("dataset %s: %s", store.path, {k: summary[k] for k in ("samples", "status", "lidar_density_mean")})
     return summary
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, RUNNERS
@@ -74,6 +75,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         sim_workers=args.sim_workers, cache_dir=args.cache_dir, overwrite=args.overwrite, previews=args.previews,
         progress=not args.quiet,
     )
+    if args.json:
+        print(json.dumps(summary, default=str))
+        return 1 if summary["failed_shards"] else 0
     st = summary["status"]
     print(f"dataset written to {summary['store']}: {summary['samples']} samples "
           f"({st['ok']} ok, {st['quarantined']} quarantined, {st['failed']} failed) in "
@@ -137,6 +141,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a store built with another config")
     p.add_argument("--previews", type=int, default=rd.previews)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
     _add_runner_args(p)
     p.set_defaults(func=cmd_build)
 

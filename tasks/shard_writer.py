@@ -22,10 +22,12 @@ from tasks.planning import read_bytes
 
 
 def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A cached teacher output (float16, network or canvas resolution) at canvas resolution, float32."""
+    """A cached teacher output (float16, network or canvas resolution) at canvas resolution: float32 values
+    that are exactly float16 numbers, so the simulation consumes exactly what the store keeps."""
     from model.teacher import resize_bilinear
 
-    return resize_bilinear(np.asarray(compact, dtype=np.float32)[None], height, width)[0]
+    up = resize_bilinear(np.asarray(compact, dtype=np.float32)[None], height, width)[0]
+    return up.astype(np.float16).astype(np.float32)
 
 
 def _shard_buffers(n: int, height: int, width: int) -> dict[str, np.ndarray]:

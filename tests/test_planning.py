@@ -106,3 +106,14 @@ def test_array_cache_roundtrip_and_atomicity(tmp_path):
     assert cache.clear_temporaries() == 1
     with pytest.raises(ValueError):
         cache.get("teacher", "not-hex")
+
+
+def test_plan_fast_ids_and_seeds_equal_the_reference_formulas():
+    from tasks.planning import InputImage, _sample_seed, sample_id_for
+    from tasks.provenance import derive_seed
+
+    items = [InputImage(key=f"dir/ü{i}.jpg", uri=f"/x/{i}.jpg") for i in range(50)]
+    plan = plan_shards(items, shard_size=7, samples_per_image=2, seed=123)
+    for s in plan.samples:
+        assert s.sample_id == sample_id_for(s.key, s.variant)
+        assert s.seed == derive_seed(123, s.sample_id) == _sample_seed(123, s.sample_id)
