@@ -24,9 +24,11 @@ from tasks.planning import read_bytes
 def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarray:
     """A cached teacher output (float16, network or canvas resolution) at canvas resolution: float32 values
     that are exactly float16 numbers, so the simulation consumes exactly what the store keeps."""
-    from model.teacher import resize_bilinear
+    import cv2
 
-    up = resize_bilinear(np.asarray(compact, dtype=np.float32)[None], height, width)[0]
+    small = np.ascontiguousarray(compact, dtype=np.float32)
+    # Bilinear with half-pixel centres (as torch's align_corners=False); OpenCV's is ~5x faster than numpy's.
+    up = small if small.shape == (height, width) else cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
     return up.astype(np.float16).astype(np.float32)
 
 
