@@ -140,8 +140,9 @@ def test_repair_reruns_only_missing_shards_and_is_idempotent(prefect_harness, sm
 def test_same_inputs_give_identical_shards_with_any_runner(prefect_harness, small_images, tiny_teacher_onnx,
                                                            tmp_path):
     runs = {
-        "thread1": dict(runner="thread", workers=1),
+        "thread1": dict(runner="thread", workers=1),  # shards written by the simulation process pool
         "thread3": dict(runner="thread", workers=3),
+        "thread2-inline": dict(runner="thread", workers=2, sim_workers=0),  # written in the task threads
         "process2": dict(runner="process", workers=2),
         "dask2": dict(runner="dask", workers=2),
     }
