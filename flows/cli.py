@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "flows.cli_teacher",   # teacher, teacher-export
     "flows.cli_embedded",  # train-teacher (the embedded default teacher)
     "flows.cli_train",     # pretrain, finetune, evaluate
+    "flows.cli_fidelity",  # calibrate-sensor, fidelity
 )
 
 

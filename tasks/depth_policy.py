@@ -17,8 +17,17 @@ Stage 1 only needs a *plausible* metric scene, so the policy picks one per image
    (d_far -> 1/far_m). An affine map of an affine disparity is again affine in 1/depth, so the result is
    the true scene up to the inverse-depth affinity the two anchors fix: quantile anchors make it
    invariant to the teacher's own scale and shift.
-5. Pixels that map to ``1/depth <= 0`` (beyond infinity) are sky too; the rest is clamped to
-   ``max_depth_m``. Non-finite teacher pixels are 0.
+5. Pixels that map to ``1/depth <= 0`` (beyond infinity) are sky too. Pixels beyond ``max_depth_m`` are
+   "no surface" as well (``beyond_max="none"``, the default): nothing that far returns a LiDAR pulse, and a
+   clamp would build a fake wall at ``max_depth_m`` that does (``beyond_max="clamp"`` keeps the old wall).
+   Non-finite teacher pixels are 0.
+
+Sky with the photo (``rgb`` given): teachers often give bright clouds and haze a small non-zero disparity,
+just above the sky rule, so the simulation scans a surface in the sky. With the photo, the sky is grown
+from the pixels of rule 2 (and the top image row) into neighbouring pixels that are far
+(``disp <= sky_soft_ratio * d_near``) *and* smooth in the photo (local luminance standard deviation in a 7x7
+window <= ``sky_max_texture``). Trees, poles and facades are textured or nearer, so they stay surfaces;
+a smooth far region that does not touch the sky (a plain wall at the end of a street) stays too.
 
 A constant (or near-constant) disparity has no depth structure: the image becomes a fronto-parallel
 wall at ``far_m``. kind "metric" passes depth through (clamped, invalid -> 0); no sampling.
@@ -29,6 +38,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from tasks.errors import GeometryError
 
@@ -46,6 +56,9 @@ class DepthPolicy:
     near_quantile / far_quantile: disparity quantiles used as the near / far anchors (robust to a few
         outlier pixels; far is computed over non-sky pixels).
     sky_ratio: disparity at or below ``sky_ratio * d_near`` is sky (no surface, depth 0).
+    sky_soft_ratio / sky_max_texture: with the photo, smooth pixels up to ``sky_soft_ratio * d_near``
+        connected to the sky are sky too (see the module docstring).
+    beyond_max: "none" (pixels beyond max_depth_m have no surface) or "clamp" (they sit at max_depth_m).
     """
 
     near_m: tuple[float, float] = (2.0, 5.0)
@@ -54,6 +67,9 @@ class DepthPolicy:
     near_quantile: float = 0.98
     far_quantile: float = 0.02
     sky_ratio: float = 0.01
+    sky_soft_ratio: float = 0.05
+    sky_max_texture: float = 0.02
+    beyond_max: str = "none"
 
     def __post_init__(self) -> None:
         (n0, n1), (f0, f1) = self.near_m, self.far_m
@@ -65,8 +81,11 @@ class DepthPolicy:
             raise GeometryError(
                 f"depth policy quantiles must satisfy 0 <= far ({self.far_quantile}) < near ({self.near_quantile}) <= 1"
             )
-        if not (0.0 <= self.sky_ratio < 1.0):
-            raise GeometryError(f"depth policy sky_ratio must be in [0, 1), got {self.sky_ratio}")
+        if not (0.0 <= self.sky_ratio <= self.sky_soft_ratio < 1.0):
+            raise GeometryError(f"depth policy needs 0 <= sky_ratio ({self.sky_ratio}) <= sky_soft_ratio "
+                                f"({self.sky_soft_ratio}) < 1")
+        if self.beyond_max not in ("none", "clamp"):
+            raise GeometryError(f"depth policy beyond_max must be 'none' or 'clamp', got {self.beyond_max!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +93,8 @@ class DepthPolicy:
 
 def _metric(depth: np.ndarray, policy: DepthPolicy) -> tuple[np.ndarray, dict]:
     valid = np.isfinite(depth) & (depth > 0)
+    if policy.beyond_max == "none":
+        valid &= depth <= policy.max_depth_m
     out = np.where(valid, np.minimum(depth, policy.max_depth_m), 0.0).astype(np.float32)
     vals = out[valid]
     near = float(np.quantile(vals, 1.0 - policy.near_quantile)) if vals.size else 0.0
@@ -89,12 +110,14 @@ def disparity_to_depth(
     kind: str = "disparity",
     seed: int,
     policy: DepthPolicy = DepthPolicy(),
+    rgb: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Metric depth (float32 metres, 0 = no surface) from one raw teacher map (H, W).
 
     Returns ``(depth, info)`` with info = {"scale", "shift", "near_m", "far_m", "sky_fraction"}: for
     disparity, ``1/depth = scale * disp + shift`` on the surface pixels; for metric, the identity map and
-    the measured near/far quantile depths.
+    the measured near/far quantile depths. ``rgb`` (uint8 (H, W, 3), the photo the teacher saw) refines the
+    sky of a disparity map (module docstring); without it the disparity rule alone decides.
     """
     disp = np.asarray(teacher_output)
     if disp.ndim != 2 or disp.size == 0:
@@ -119,6 +142,10 @@ def disparity_to_depth(
     if d_near <= 0.0:  # nothing nearer than "infinity": all sky
         return depth, info
     surface = finite & (disp > policy.sky_ratio * d_near)
+    if rgb is not None:
+        surface &= ~_smooth_far_sky(disp, ~surface, rgb, policy.sky_soft_ratio * d_near, policy.sky_max_texture)
+    if not surface.any():
+        return depth, info
     d_far = float(np.quantile(disp[surface], policy.far_quantile))
 
     if d_near - d_far <= 1e-6 * d_near:
@@ -129,6 +156,22 @@ def disparity_to_depth(
         shift = 1.0 / far_m - scale * d_far
     inv = scale * disp + shift
     surface &= inv > 0.0
+    if policy.beyond_max == "none":
+        surface &= inv >= 1.0 / policy.max_depth_m
     depth[surface] = np.minimum(1.0 / inv[surface], policy.max_depth_m)
     info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - surface.mean()))
     return depth, info
+
+
+def _smooth_far_sky(disp: np.ndarray, sky: np.ndarray, rgb: np.ndarray, far_level: float, max_texture: float) -> np.ndarray:
+    """Sky grown from `sky` (and the top row) through far (disp <= far_level), smooth photo pixels."""
+    rgb = np.asarray(rgb)
+    if rgb.shape[:2] != disp.shape or rgb.ndim != 3:
+        raise GeometryError(f"rgb {rgb.shape} does not match the teacher output {disp.shape}")
+    lum = rgb.astype(np.float32).mean(axis=2) / 255.0
+    mean = ndimage.uniform_filter(lum, 7)
+    texture = np.sqrt(np.maximum(ndimage.uniform_filter(lum * lum, 7) - mean * mean, 0.0))
+    grow = sky | (np.isfinite(disp) & (disp <= far_level) & (texture <= max_texture))
+    labels, _ = ndimage.label(grow)
+    seeds = np.unique(np.concatenate([labels[sky], labels[0][grow[0]]]))
+    return np.isin(labels, seeds[seeds > 0]) | sky

@@ -132,6 +132,14 @@ def beam_directions(profile: SensorProfile | str | Path, pose: np.ndarray, K: np
     K = np.asarray(K, dtype=np.float64)
     rng = np.random.default_rng(derive_seed(seed, "lidar-rays"))
     az_c, half, el_lo, el_hi = _image_sector(pose, K, int(height), int(width))
+    if profile.vertical_offsets_m is not None:
+        # a beam origin above or below the sensor origin sees the image under other elevations: widen the
+        # window to cover the lowest and the highest origin (elevation is monotonic in origin height)
+        for off in (profile.vertical_offsets_m.min(), profile.vertical_offsets_m.max()):
+            shifted = pose.copy()
+            shifted[:3, 3] += off * pose[:3, 2]
+            _, _, lo, hi = _image_sector(shifted, K, int(height), int(width))
+            el_lo, el_hi = min(el_lo, lo), max(el_hi, hi)
     if profile.pattern is not None:
         az, el, ring = _rosette(profile.pattern, rng)
         margin = SECTOR_MARGIN_DEG
@@ -154,6 +162,8 @@ def beam_directions(profile: SensorProfile | str | Path, pose: np.ndarray, K: np
     d_lidar = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], axis=1)
     dirs = d_lidar @ pose[:3, :3].T
     origins = np.broadcast_to(pose[:3, 3], dirs.shape).copy()
+    if profile.vertical_offsets_m is not None:  # stacked lasers: each beam leaves the head at its own height
+        origins += profile.vertical_offsets_m[ring][:, None] * pose[:3, 2][None, :]
     return origins, dirs, ring.astype(np.int16)
 
 
@@ -280,3 +290,59 @@ def simulate_lidar_on_mesh(mesh: trimesh.Trimesh, K: np.ndarray, height: int, wi
     pose = sensor_pose(profile, seed=seed, jitter=True) if pose is None else _check_pose(pose)
     pose = np.asarray(pose, dtype=np.float64)
     return _scan(mesh, backend, K, int(height), int(width), profile, pose, seed, {"mesh_faces": int(len(mesh.faces))})
+
+
+def sample_gt_with_profile(gt_depth: np.ndarray, K: np.ndarray, profile: SensorProfile | str | Path, *, seed: int,
+                           pose: np.ndarray | None = None, tolerance_px: float = 1.0,
+                           apply_drops: bool = True) -> np.ndarray:
+    """Sparse input sampled from (semi-)dense ground truth with a spinning profile's beam pattern.
+
+    Every GT pixel (z-depth metres, 0 = none) is placed in the LiDAR frame (the profile's mount, jittered by
+    `seed`, or `pose`) and given to the firing nearest to it: the beam of closest elevation (from that beam's
+    own origin when the profile has vertical offsets) and the column of closest azimuth on the seeded phase.
+    A pixel is kept only when it lies within `tolerance_px` pixels (as an angle, 1/fx per pixel) of its
+    firing's direction, and each firing keeps its nearest pixel (the first return). The profile's random
+    and far-range drops apply when `apply_drops`; values are the GT's own (no added noise). Returns (H, W)
+    float32, 0 = no return. Like the KITTI zero-shot protocol, but with the sensor's real beam geometry.
+    """
+    profile = _profile(profile)
+    if profile.elevations_deg is None:
+        raise GeometryError(f"sample_gt_with_profile needs a spinning profile (beam elevations); {profile.name} is a pattern")
+    gt = np.asarray(gt_depth, dtype=np.float64)
+    gt, K = validate_depth_and_K(np.where(np.isfinite(gt), gt, 0.0), K)
+    pose = sensor_pose(profile, seed=seed, jitter=True) if pose is None else _check_pose(pose)
+    pose = np.asarray(pose, dtype=np.float64)
+    h, w = gt.shape
+    v, u = np.nonzero(gt > 0)
+    z = gt[v, u]
+    cam = np.stack([(u - K[0, 2] - K[0, 1] * (v - K[1, 2]) / K[1, 1]) * z / K[0, 0], (v - K[1, 2]) * z / K[1, 1], z], 1)
+    pts = (cam - pose[:3, 3]) @ pose[:3, :3]  # LiDAR frame
+    el_beams = profile.elevations_deg
+    offsets = profile.vertical_offsets_m if profile.vertical_offsets_m is not None else np.zeros(len(el_beams))
+    horiz = np.hypot(pts[:, 0], pts[:, 1])
+    az = np.degrees(np.arctan2(pts[:, 1], pts[:, 0]))
+    # elevation of every point as seen from every beam's origin; the nearest beam wins
+    el_all = np.degrees(np.arctan2(pts[:, 2:3] - offsets[None, :], horiz[:, None]))
+    beam = np.abs(el_all - el_beams[None, :]).argmin(1)
+    d_el = np.abs(el_all[np.arange(len(beam)), beam] - el_beams[beam])
+    step = profile.azimuth_step_deg
+    phase = np.random.default_rng(derive_seed(seed, "lidar-rays")).uniform(0.0, step)
+    col = np.round((az - phase) / step)
+    d_az = np.abs(az - (phase + col * step)) * np.cos(np.radians(el_beams[beam]))
+    tol = np.degrees(tolerance_px / K[0, 0])
+    rng3 = np.linalg.norm(pts - np.stack([np.zeros_like(z), np.zeros_like(z), offsets[beam]], 1), axis=1)
+    ok = (d_el <= tol) & (d_az <= tol) & (rng3 >= profile.min_range_m) & (rng3 <= profile.max_range_m)
+    idx = np.nonzero(ok)[0]
+    key = beam[idx].astype(np.int64) * 10_000_000 + (col[idx].astype(np.int64) + 5_000_000)
+    order = np.lexsort((rng3[idx], key))  # per firing, nearest first
+    idx, key = idx[order], key[order]
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = key[1:] != key[:-1]
+    idx = idx[first]
+    if apply_drops and len(idx):
+        u01 = np.random.default_rng(derive_seed(seed, "gt-drops")).uniform(0.0, 1.0, len(idx))
+        p = _drop_probability(profile, rng3[idx], np.ones(len(idx)))  # incidence unknown from GT: head-on
+        idx = idx[u01 >= p]
+    out = np.zeros((h, w), dtype=np.float32)
+    out[v[idx], u[idx]] = gt[v[idx], u[idx]]
+    return out

@@ -7,6 +7,9 @@ the same keys and passing its path. Keys (see tasks/sensors/hdl64e_kitti.yaml fo
     elevations_deg       spinning sensors: a list of beam elevations (deg, + = up), or
                          {uniform: {from, to, count}} or {blocks: [{from, to, count}, ...]}
     azimuth_step_deg     spinning sensors: horizontal angle between firings
+    vertical_offsets_m   spinning sensors, optional: height of each beam's origin above the sensor origin
+                         along the LiDAR's z axis (one number for all beams, or one per beam); real heads
+                         stack their lasers, e.g. the HDL-64E's upper block fires ~0.2 m above its origin
     pattern              instead of the two above, a scan-pattern generator, e.g. {type: rosette, ...}
     min_range_m, max_range_m, range_noise_std_m
     drop                 {random, grazing_deg, grazing_max, far_start_m, far_max}
@@ -50,14 +53,16 @@ class SensorProfile:
     pattern: dict[str, Any] | None = None
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    vertical_offsets_m: np.ndarray | None = None
 
     @property
     def n_beams(self) -> int:
         return len(self.elevations_deg) if self.elevations_deg is not None else int(self.pattern["lasers"])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able description (for cache keys, the store's config and the manifest)."""
-        return {
+        """JSON-able description (for cache keys, the store's config and the manifest). Optional keys appear
+        only when set, so profiles without them describe (and hash) exactly as before."""
+        out = {
             "name": self.name,
             "elevations_deg": None if self.elevations_deg is None else [round(float(e), 6) for e in self.elevations_deg],
             "azimuth_step_deg": self.azimuth_step_deg,
@@ -68,6 +73,9 @@ class SensorProfile:
             "drop": self.drop,
             "mount": self.mount,
         }
+        if self.vertical_offsets_m is not None:
+            out["vertical_offsets_m"] = [round(float(v), 6) for v in self.vertical_offsets_m]
+        return out
 
 
 def list_profiles() -> list[str]:
@@ -144,6 +152,17 @@ def parse_profile(raw: Any, where: str, source: Path | None = None) -> SensorPro
     elevations = _elevations(raw["elevations_deg"], where) if has_el else None
     step = _number(raw, "azimuth_step_deg", where, positive=True) if has_el else None
     pattern = _pattern(raw["pattern"], where) if has_pat else None
+    offsets = None
+    if raw.get("vertical_offsets_m") is not None:
+        if not has_el:
+            raise GeometryError(f"{where}: vertical_offsets_m needs elevations_deg (a spinning sensor)")
+        try:
+            offsets = np.broadcast_to(np.asarray(raw["vertical_offsets_m"], dtype=np.float64), elevations.shape).copy()
+        except (TypeError, ValueError):
+            raise GeometryError(f"{where}: vertical_offsets_m must be one number or one per beam "
+                                f"({len(elevations)})") from None
+        if not np.isfinite(offsets).all() or np.abs(offsets).max() > 5.0:
+            raise GeometryError(f"{where}: vertical_offsets_m must be finite and within +-5 m")
     min_r = _number(raw, "min_range_m", where, default=0.0)
     max_r = _number(raw, "max_range_m", where, positive=True)
     if max_r <= min_r:
@@ -172,7 +191,8 @@ def parse_profile(raw: Any, where: str, source: Path | None = None) -> SensorPro
         raise GeometryError(f"{where}: mount translation_m and rotation_deg need 3 finite numbers each")
     return SensorProfile(name=name, elevations_deg=elevations, azimuth_step_deg=step, min_range_m=min_r,
                          max_range_m=max_r, range_noise_std_m=noise, drop=drop, mount=mount,
-                         description=str(raw.get("description", "")).strip(), pattern=pattern, source=source)
+                         description=str(raw.get("description", "")).strip(), pattern=pattern, source=source,
+                         vertical_offsets_m=offsets)
 
 
 def _read(path: Path) -> SensorProfile:

@@ -102,8 +102,59 @@ def test_non_finite_and_degenerate_inputs():
 def test_metric_pass_through():
     m = np.array([[0.5, 10.0, 300.0], [np.nan, -1.0, 0.0]], np.float32)
     depth, info = disparity_to_depth(m, kind="metric", seed=0)
-    np.testing.assert_array_equal(depth, [[0.5, 10.0, 120.0], [0.0, 0.0, 0.0]])
-    assert info["scale"] == 1.0 and info["shift"] == 0.0 and info["sky_fraction"] == pytest.approx(0.5)
+    # beyond max_depth_m: no surface by default (no LiDAR return comes from there), a wall with "clamp"
+    np.testing.assert_array_equal(depth, [[0.5, 10.0, 0.0], [0.0, 0.0, 0.0]])
+    assert info["scale"] == 1.0 and info["shift"] == 0.0 and info["sky_fraction"] == pytest.approx(4 / 6)
+    clamped, info = disparity_to_depth(m, kind="metric", seed=0, policy=DepthPolicy(beyond_max="clamp"))
+    np.testing.assert_array_equal(clamped, [[0.5, 10.0, 120.0], [0.0, 0.0, 0.0]])
+    assert info["sky_fraction"] == pytest.approx(0.5)
+
+
+def test_beyond_max_depth_is_no_surface_unless_clamped():
+    gt = street_scene()  # the ground recedes to 480 m
+    disp = 1.0 / gt
+    # far anchor on the 20 % farthest pixels at 100-120 m: the farthest ground lands beyond 120 m
+    policy = DepthPolicy(far_m=(100.0, 120.0), far_quantile=0.2)
+    depth, _ = disparity_to_depth(disp, seed=7, policy=policy)
+    clamped, _ = disparity_to_depth(disp, seed=7, policy=DepthPolicy(far_m=(100.0, 120.0), far_quantile=0.2,
+                                                                     beyond_max="clamp"))
+    wall = clamped >= 120.0 - 1e-3
+    assert wall.any() and (depth[wall] == 0).all()
+    np.testing.assert_array_equal(depth[~wall], clamped[~wall])
+    assert depth.max() < 120.0
+
+
+def _sky_photo(h: int = 120, w: int = 160) -> tuple[np.ndarray, np.ndarray]:
+    """Disparity + photo: clear sky (disp 0) in the top 20 rows, a smooth bright cloud band (rows 20-35)
+    that the teacher put just above the sky rule, then a textured tree line at the same disparity on the
+    left half of rows 35-50 and a smooth far wall band not touching the sky (rows 60-70), ground below."""
+    rng = np.random.default_rng(0)
+    disp = np.zeros((h, w))
+    rgb = np.full((h, w, 3), 200, np.uint8)
+    disp[20:35] = 0.02                       # cloud: 2 % of the near disparity
+    disp[35:50] = 0.3                        # trees / facades on the right ...
+    disp[35:50, : w // 2] = 0.02             # ... and far trees on the left, as far as the cloud
+    rgb[35:50, : w // 2] = rng.integers(0, 160, (15, w // 2, 3))  # foliage texture
+    disp[50:] = np.linspace(0.3, 1.0, h - 50)[:, None]
+    disp[60:70] = 0.02                       # smooth, far, but enclosed by nearer ground: not sky
+    rgb[50:] = 90
+    return disp, rgb
+
+
+def test_sky_grows_into_smooth_far_pixels_with_the_photo():
+    disp, rgb = _sky_photo()
+    plain, info_plain = disparity_to_depth(disp, seed=3)
+    assert (plain[:20] == 0).all() and (plain[20:35] > 0).all()  # without the photo the cloud is a surface
+    depth, info = disparity_to_depth(disp, seed=3, rgb=rgb)
+    assert (depth[:30] == 0).all() and (depth[20:35] == 0).mean() > 0.85  # the cloud joins the sky (not
+    # quite where the 7x7 texture window reaches into the foliage below it)
+    assert (depth[35:50, :80] > 0).mean() > 0.95                 # textured far trees stay
+    assert (depth[35:50, 80:] > 0).all() and (depth[60:70] > 0).all()
+    assert info["sky_fraction"] > info_plain["sky_fraction"]
+    again, _ = disparity_to_depth(disp, seed=3, rgb=rgb)
+    assert again.tobytes() == depth.tobytes()
+    with pytest.raises(GeometryError, match="does not match"):
+        disparity_to_depth(disp, seed=3, rgb=rgb[:10])
 
 
 def test_bad_arguments():
@@ -118,3 +169,7 @@ def test_bad_arguments():
     with pytest.raises(GeometryError):
         DepthPolicy(near_quantile=0.1, far_quantile=0.5)
     assert DepthPolicy().to_dict()["max_depth_m"] == 120.0
+    with pytest.raises(GeometryError):
+        DepthPolicy(beyond_max="wrap")
+    with pytest.raises(GeometryError):
+        DepthPolicy(sky_ratio=0.1, sky_soft_ratio=0.05)

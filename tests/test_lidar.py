@@ -203,3 +203,60 @@ def test_mesh_options_reach_the_mesh(street):
     _, depth = street
     coarse = simulate_lidar(depth, K_KITTI, "hdl64e_kitti", seed=4, mesh_options=MeshOptions(stride=2))
     assert coarse.stats["mesh_faces"] < simulate_lidar(depth, K_KITTI, "hdl64e_kitti", seed=4).stats["mesh_faces"] / 3
+
+
+def test_vertical_offsets_raise_the_beam_origins():
+    """A beam fired 0.2 m above the sensor origin hits a wall 0.2 m higher; the image sector still covers it."""
+    from tasks.sensors import parse_profile
+
+    raw = {"name": "w", "elevations_deg": [0.0], "azimuth_step_deg": 0.5, "max_range_m": 100.0,
+           "mount": {"translation_m": [0.0, 0.0, 0.0]}}
+    depth = np.full((H, W), 20.0, dtype=np.float32)
+    pose = sensor_pose(parse_profile(raw, "w"), seed=0, jitter=False)
+    flat = simulate_lidar(depth, K_KITTI, parse_profile(raw, "w"), seed=0, pose=pose)
+    high = simulate_lidar(depth, K_KITTI, parse_profile({**raw, "vertical_offsets_m": 0.2}, "w"), seed=0, pose=pose)
+    assert len(flat.points_cam) == len(high.points_cam) > 50
+    np.testing.assert_allclose(flat.points_cam[:, 1] - high.points_cam[:, 1], 0.2, atol=1e-3)  # camera y is down
+    rows = lambda s: np.nonzero((s.sparse > 0).any(1))[0]  # noqa: E731
+    assert rows(high).min() < rows(flat).min()
+
+
+def test_sample_gt_with_profile_keeps_one_gt_pixel_per_firing():
+    """On a dense fronto-parallel wall every firing of the sector finds its pixel: one return per firing,
+    on the rows the beam elevations project to, with the GT's own values; seeded and deterministic."""
+    from tasks.lidar import sample_gt_with_profile
+    from tasks.sensors import parse_profile
+
+    raw = {"name": "g", "elevations_deg": [2.0, 0.0, -2.0, -4.0], "azimuth_step_deg": 0.5, "max_range_m": 100.0,
+           "mount": {"translation_m": [0.0, 0.0, 0.0]}}
+    prof = parse_profile(raw, "g")
+    gt = np.full((H, W), 20.0, dtype=np.float32)
+    pose = sensor_pose(prof, seed=0, jitter=False)
+    s = sample_gt_with_profile(gt, K_KITTI, prof, seed=0, pose=pose)
+    rows = np.nonzero((s > 0).any(1))[0]
+    # beam e crosses the wall at z = 20 m, y = -20 tan(e): row = cy - fx tan(e) at the image centre
+    expect = K_KITTI[1, 2] - K_KITTI[0, 0] * np.tan(np.radians([2.0, 0.0, -2.0, -4.0]))
+    for e in expect:
+        assert np.abs(rows - e).min() <= 2
+    fov = 2 * np.degrees(np.arctan(W / 2 / K_KITTI[0, 0]))
+    assert abs(np.count_nonzero(s) - 4 * fov / 0.5) < 0.1 * 4 * fov / 0.5  # ~ one per firing in the FOV
+    assert set(np.unique(s[s > 0])) == {20.0}
+    again = sample_gt_with_profile(gt, K_KITTI, prof, seed=0, pose=pose)
+    assert again.tobytes() == s.tobytes()
+    holes = gt.copy()
+    holes[:, ::2] = 0  # semi-dense GT: firings that find no pixel within the tolerance give no return
+    assert np.count_nonzero(sample_gt_with_profile(holes, K_KITTI, prof, seed=0, pose=pose, tolerance_px=0.3)) < np.count_nonzero(s)
+    with pytest.raises(GeometryError, match="spinning"):
+        sample_gt_with_profile(gt, K_KITTI, "livox_avia", seed=0)
+
+
+def test_sample_gt_reaches_kittis_first_return_row(kitti_gt_dir):
+    """The factory HDL-64E geometry on KITTI ground truth puts the first return where KITTI's real
+    velodyne_raw has it (row ~120 of 375)."""
+    from storage.pngio import read_depth_png
+    from tasks.lidar import sample_gt_with_profile
+
+    gt = read_depth_png(kitti_gt_dir / "depth" / "0000000005.png")
+    K = np.array([[721.5377, 0.0, 609.5593], [0.0, 721.5377, 172.854], [0.0, 0.0, 1.0]])
+    stats = pattern_stats(sample_gt_with_profile(gt, K, "hdl64e_kitti", seed=0), crop=gt.shape)
+    assert 110 <= stats["first_row"] <= 130 and 0.015 < stats["density"] < 0.05

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 
 from tasks.errors import GeometryError
-from tasks.sensors import list_profiles, load_profile
+import yaml
 
-BUILTIN = {"hdl64e_kitti", "vlp16", "vlp32c", "os1_64", "os1_128", "livox_avia"}
+from tasks.sensors import list_profiles, load_profile, parse_profile
+
+BUILTIN = {"hdl64e_kitti", "hdl32e", "vlp16", "vlp32c", "os1_64", "os1_128", "livox_avia"}
 
 
 def test_builtin_profiles_load():
@@ -19,13 +21,42 @@ def test_builtin_profiles_load():
 
 
 def test_hdl64e_matches_kitti_layout():
+    """KITTI's factory calibration: upper block +1.94 .. -8.71 deg (~1/3 deg apart) fired ~0.20 m above the
+    sensor origin, lower block -9.03 .. -25.0 deg (~1/2 deg apart) ~0.11 m above; camera-2 mount."""
     p = load_profile("hdl64e_kitti")
     el = p.elevations_deg
-    assert len(el) == 64 and el[0] == pytest.approx(2.0) and el[-1] == pytest.approx(-24.9)
-    np.testing.assert_allclose(np.diff(el[:32]), -1 / 3, atol=0.01)
-    assert np.all(np.abs(np.diff(el[32:]) + 0.5) < 0.05)
+    assert len(el) == 64 and el[0] == pytest.approx(1.937) and el[-1] == pytest.approx(-24.999)
+    assert (np.diff(el) < 0).all()
+    assert np.diff(el[:32]).mean() == pytest.approx(-(1.937 + 8.711) / 31) and np.abs(np.diff(el[:32]) + 1 / 3).max() < 0.11
+    assert np.abs(np.diff(el[32:]) + 0.5).max() < 0.15
+    off = p.vertical_offsets_m
+    assert off.shape == (64,) and (np.abs(off[:32] - 0.20) < 0.015).all() and (np.abs(off[32:] - 0.115) < 0.015).all()
     assert 0.08 <= p.azimuth_step_deg <= 0.35 and p.max_range_m == 120 and p.range_noise_std_m == 0.02
-    np.testing.assert_allclose(p.mount["translation_m"], [-0.004, -0.076, -0.272])
+    np.testing.assert_allclose(p.mount["translation_m"], [0.0571, -0.0755, -0.2694])
+    assert p.to_dict()["vertical_offsets_m"][0] == pytest.approx(0.209)
+
+
+def test_hdl32e_is_a_fitted_hdl32e():
+    p = load_profile("hdl32e")
+    el = p.elevations_deg
+    assert len(el) == 32 and (np.diff(el) > 1.0).all()
+    np.testing.assert_allclose(el[16:], -30.67 + 4 / 3 * np.arange(16, 32), atol=0.1)  # datasheet, upper half
+    assert p.azimuth_step_deg == pytest.approx(360 / 1084, rel=1e-5) and 100 <= p.max_range_m <= 110
+    np.testing.assert_allclose(p.mount["rotation_deg"], [-1.12, 0.39, -90.2], atol=0.01)
+
+
+def test_vertical_offsets(tmp_path):
+    base = "name: v\nelevations_deg: [1, 0, -1]\nazimuth_step_deg: 0.5\nmax_range_m: 50\n"
+    (tmp_path / "a.yaml").write_text(base + "vertical_offsets_m: 0.1\n")
+    np.testing.assert_allclose(load_profile(tmp_path / "a.yaml").vertical_offsets_m, [0.1, 0.1, 0.1])
+    (tmp_path / "b.yaml").write_text(base + "vertical_offsets_m: [0.2, 0.1, 0.0]\n")
+    assert load_profile(tmp_path / "b.yaml").to_dict()["vertical_offsets_m"] == [0.2, 0.1, 0.0]
+    (tmp_path / "c.yaml").write_text(base)
+    assert "vertical_offsets_m" not in load_profile(tmp_path / "c.yaml").to_dict()  # unchanged description
+    for bad, match in (("[0.1, 0.2]", "one per beam"), ("[0.1, .nan, 0]", "finite"), ("[9, 0, 0]", "within")):
+        (tmp_path / "d.yaml").write_text(base + f"vertical_offsets_m: {bad}\n")
+        with pytest.raises(GeometryError, match=match):
+            parse_profile(yaml.safe_load((tmp_path / "d.yaml").read_text()), "d.yaml")
 
 
 def test_other_layouts():

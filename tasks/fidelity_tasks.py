@@ -1,0 +1,111 @@
+"""Prefect task of the fidelity report and the calibration: one task per report (a photo + a sweep).
+
+The arrays (photo, teacher output, sparse maps) stay inside the task; only the small report dict and the
+paths of the files it wrote travel through Prefect results.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prefect import task
+
+from tasks.errors import InputError
+from tasks.fidelity import compare, project_sweep, side_by_side, simulate_on_photo
+from tasks.sensors import SensorProfile, load_profile, parse_profile
+
+
+def parse_intrinsics(text: str) -> np.ndarray:
+    """"fx,fy,cx,cy" (or "f,cx,cy") -> (3, 3) K."""
+    try:
+        v = [float(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise InputError(f"intrinsics {text!r}: expected numbers 'fx,fy,cx,cy'") from None
+    if len(v) == 3:
+        v = [v[0], v[0], v[1], v[2]]
+    if len(v) != 4 or v[0] <= 0 or v[1] <= 0:
+        raise InputError(f"intrinsics {text!r}: expected 'fx,fy,cx,cy' with fx, fy > 0")
+    return np.array([[v[0], 0.0, v[2]], [0.0, v[1], v[3]], [0.0, 0.0, 1.0]])
+
+
+def fitted_profile_from_scans(scans: list[str], calib: str | None, *, name: str, camera: str | None = None):
+    """Read sweeps + calibration (storage.lidar_scans) and fit a profile (tasks.calibrate)."""
+    from storage.lidar_scans import read_calib, read_scan
+    from tasks.calibrate import fit_profile
+
+    sweeps = [read_scan(s) for s in scans]
+    cal = read_calib(calib, camera=camera) if calib else None
+    return fit_profile([s.points for s in sweeps], [s.ring for s in sweeps],
+                       None if cal is None else cal.cam_from_lidar, name=name)
+
+
+def _profile(sensor: str | None, scan: str | None, calib: str | None, camera: str | None) -> SensorProfile:
+    if sensor:
+        return load_profile(sensor)
+    if not scan:
+        raise InputError("no --sensor given and no scan to fit one from")
+    fit = fitted_profile_from_scans([scan], calib, name="fitted", camera=camera)
+    return parse_profile(fit.profile, f"profile fitted from {scan}")
+
+
+def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | None = None,
+                    reference_depth: str | None = None, intrinsics: str | None = None, sensor: str | None = None,
+                    seeds: int = 8, seed: int = 0, teacher: str | None = None, out: str | None = None,
+                    camera: str | None = None, tolerance: float = 0.10, see_through: bool = False) -> dict[str, Any]:
+    """Real pattern (a sweep + calibration, or a KITTI depth PNG as a proxy) vs the simulated one on the
+    photo; writes report.json and side_by_side.png into `out` when given. Returns the report."""
+    from model.teacher import Teacher
+    from storage.lidar_scans import read_calib, read_scan
+    from storage.pngio import read_depth_png
+    from tasks.images import load_image
+
+    if (scan is None) == (reference_depth is None):
+        raise InputError("give either a real scan (--scan with --calib) or a reference depth PNG (--reference-depth)")
+    if seeds < 1:
+        raise InputError(f"seeds must be >= 1, got {seeds}")
+    if scan is not None:
+        if not calib:
+            raise InputError(f"{scan}: a calibration file (--calib) is needed to project the scan into the photo")
+        cal = read_calib(calib, camera=camera)
+        image = image or (str(cal.image) if cal.image else None)
+        if not image:
+            raise InputError(f"{calib}: names no image; pass --image")
+        rgb = load_image(image)
+        K = cal.K
+        real = project_sweep(read_scan(scan).points, cal.cam_from_lidar, K, rgb.shape[0], rgb.shape[1])
+        source = {"scan": str(scan), "calib": str(calib)}
+    else:
+        if not image or not intrinsics:
+            raise InputError(f"{reference_depth}: a reference depth needs --image and --intrinsics fx,fy,cx,cy")
+        rgb = load_image(image)
+        K = parse_intrinsics(intrinsics)
+        real = read_depth_png(reference_depth)
+        if real.shape != rgb.shape[:2]:
+            raise InputError(f"{reference_depth}: depth is {real.shape[1]}x{real.shape[0]}, the image "
+                             f"{rgb.shape[1]}x{rgb.shape[0]}")
+        source = {"reference_depth": str(reference_depth), "intrinsics": intrinsics}
+    profile = _profile(sensor, scan, calib, camera)
+    t = Teacher(teacher)
+    disp = t.predict(rgb[None])[0]
+    seed_list = [seed + k for k in range(seeds)]
+    sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=t.output_kind,
+                            see_through=see_through, rgb=rgb)
+    report = compare(real, sims, tolerance=tolerance, real_is_proxy=reference_depth is not None)
+    report.update(image=str(image), sensor=profile.name, sensor_source=str(profile.source or "fitted"),
+                  teacher_sha256=t.sha256, seed_list=seed_list, **source)
+    if out:
+        from PIL import Image
+
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        label = "reference (GT proxy)" if reference_depth else "real scan"
+        pic = side_by_side(rgb, real, sims[0], labels=(label, f"simulated {profile.name} (seed {seed_list[0]})"))
+        Image.fromarray(pic).save(out_dir / "side_by_side.png")
+        (out_dir / "report.json").write_text(json.dumps(report, indent=1))
+        report["files"] = {"picture": str(out_dir / "side_by_side.png"), "json": str(out_dir / "report.json")}
+    return report
+
+
+fidelity_task = task(fidelity_report, name="fidelity-report", persist_result=False)
