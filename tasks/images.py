@@ -200,7 +200,7 @@ def load_fitted(
             # min_width/min_height pick libjpeg's scale (the largest reduction keeping at least that size).
             a = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // factor),
                                        min_height=-(-h // factor), strict=True)
-        except ValueError as exc:
+        except (ValueError, RuntimeError, OSError) as exc:  # libjpeg-turbo's errors on damaged data
             raise InputError(f"{label}: truncated or corrupt image data ({exc})") from exc
         if orientation != 1:
             a = _ORIENT[orientation](a)
