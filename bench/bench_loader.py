@@ -5,7 +5,8 @@ else synthetic street-like content), writes them both as a store and as a KITTI 
 directory, then reads the same arrays (rgb + sparse + depth -> uint8 RGB and float32 metres) in the same
 random order from both, alternating which goes first in each pass. Prints rates, the speed ratio, and bytes
 (like-for-like: the three arrays the PNG set also holds; and the whole store incl. teacher output, K, pose,
-manifest).
+manifest). With the ``zarrs`` package installed it also reads through zarrs' Rust codec pipeline
+(``zarr.config codec_pipeline.path``), in the same alternating passes.
 
     python bench/bench_loader.py [--samples 64] [--passes 3] [--workdir DIR]
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from storage.kitti import KITTI_CROP, crop_kitti, find_kitti_dc, write_kitti_dc  # noqa: E402
 from storage.pngio import depth_to_uint16, read_depth_png, read_rgb, uint16_to_depth  # noqa: E402
-from storage.store import DatasetStore  # noqa: E402
+from storage.store import COMPRESSION, DatasetStore  # noqa: E402
 from tasks.sparsify import sparsify_scanlines  # noqa: E402
 
 KITTI_GT = REPO.parent / "shared" / "data" / "kitti_gt"
@@ -83,10 +84,10 @@ def make_samples(n: int, seed: int = 0) -> list[dict]:
     return samples
 
 
-def write_store(path: Path, samples: list[dict], shard_size: int) -> DatasetStore:
+def write_store(path: Path, samples: list[dict], shard_size: int, compression: str = "balanced") -> DatasetStore:
     store = DatasetStore.create(path, height=KITTI_CROP[0], width=KITTI_CROP[1], shard_size=shard_size,
                                 config={"bench": True}, teacher={"sha256": "synthetic"}, sensor="hdl64",
-                                code_version="bench")
+                                code_version="bench", compression=compression)
     n_shards = -(-len(samples) // shard_size)
     store.ensure_shards(n_shards)
     for shard in range(n_shards):
@@ -122,39 +123,62 @@ def main(argv: list[str] | None = None) -> int:
         source = "shared KITTI frames" if KITTI_GT.is_dir() else "synthetic frames"
         print(f"samples: {len(samples)} x {KITTI_CROP[0]}x{KITTI_CROP[1]} from {source} ({time.perf_counter() - t:.1f} s)")
 
-        t = time.perf_counter()
-        store = write_store(work / "store", samples, args.shard_size)
-        t_store = time.perf_counter() - t
+        profiles = list(COMPRESSION)
+        t_write = {}
+        for prof in profiles:
+            t = time.perf_counter()
+            write_store(work / prof, samples, args.shard_size, prof)
+            t_write[prof] = time.perf_counter() - t
         t = time.perf_counter()
         write_kitti_dc(work / "kitti", ({"name": s["name"], "rgb": s["rgb"], "sparse": s["sparse"], "gt": s["gt"],
                                          "K": s["K"]} for s in samples))
-        t_png = time.perf_counter() - t
-        print(f"write: store {t_store:.2f} s, png {t_png:.2f} s")
+        t_write["png"] = time.perf_counter() - t
+        print("write: " + ", ".join(f"{k} {v:.2f} s" for k, v in t_write.items()))
 
         items = find_kitti_dc(work / "kitti")
         by_name = {it.name: it for it in items}
         png_items = [by_name[f"{s['name']}_image_02"] for s in samples]
-        store = DatasetStore.open(work / "store")
 
-        def read_store(i: int):
-            a = store.read_arrays(i, ("rgb", "sparse", "depth"))
-            return a["rgb"], uint16_to_depth(a["sparse"]), a["depth"]
+        def store_reader(store: DatasetStore):
+            def read(i: int):
+                a = store.read_arrays(i, ("rgb", "sparse", "depth"))
+                return a["rgb"], uint16_to_depth(a["sparse"]), a["depth"]
+            return read
 
         def read_png(i: int):
             it = png_items[i]
             return read_rgb(it.rgb_path), read_depth_png(it.sparse_path), read_depth_png(it.gt_path)
 
-        # same content from both (depth is on the 1/256 m grid, so PNG holds it exactly)
+        readers = [(f"store[{p}]", store_reader(DatasetStore.open(work / p))) for p in profiles]
+        readers.append(("png", read_png))
+        try:
+            import zarr
+            import zarrs  # noqa: F401
+
+            with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+                zread = store_reader(DatasetStore.open(work / profiles[0]))
+                zread(0)  # the pipeline is bound when the arrays are first used
+
+            def read_zarrs(i: int):
+                with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
+                    return zread(i)
+
+            readers.append((f"store[{profiles[0]}]+zarrs", read_zarrs))
+        except ImportError:
+            print("(zarrs not installed: its codec pipeline is not measured)")
+
+        # same content from all (depth is on the 1/256 m grid, so PNG holds it exactly)
         for i in (0, len(samples) - 1):
-            for a, b in zip(read_store(i), read_png(i)):
-                np.testing.assert_array_equal(a, b)
+            ref = read_png(i)
+            for _name, fn in readers:
+                for a, b in zip(fn(i), ref):
+                    np.testing.assert_array_equal(a, b)
 
         rng = np.random.default_rng(1)
-        times = {"store": 0.0, "png": 0.0}
+        times = {name: 0.0 for name, _ in readers}
         reads = 0
         for p in range(args.passes):
             order = rng.permutation(len(samples))
-            readers = [("store", read_store), ("png", read_png)]
             for name, fn in (readers if p % 2 == 0 else readers[::-1]):
                 t = time.perf_counter()
                 for i in order:
@@ -163,20 +187,24 @@ def main(argv: list[str] | None = None) -> int:
             reads += len(order)
         rate = {k: reads / v for k, v in times.items()}
         print(f"random access ({args.passes} passes x {len(samples)}, rgb+sparse+depth, alternating):")
-        print(f"  store {rate['store']:.1f} samples/s   png {rate['png']:.1f} samples/s   "
-              f"speed ratio store/png {rate['store'] / rate['png']:.2f}x")
+        print("  " + "   ".join(f"{k} {v:.1f}/s" for k, v in rate.items()))
+        for k in rate:
+            if k != "png":
+                print(f"  speed ratio {k}/png {rate[k] / rate['png']:.2f}x")
 
-        arrays3 = du(*(work / "store" / n for n in ("rgb", "sparse", "depth")))
         png3 = du(*(work / "kitti" / n for n in ("image", "velodyne_raw", "groundtruth_depth")))
-        store_all, png_all = du(work / "store"), du(work / "kitti")
-        print(f"bytes (rgb+sparse+depth): store {arrays3 / 2**20:.2f} MiB   png {png3 / 2**20:.2f} MiB   "
-              f"size ratio store/png {arrays3 / png3:.3f}")
+        png_all = du(work / "kitti")
+        print(f"bytes: png set {png_all / 2**20:.2f} MiB (rgb+sparse+depth {png3 / 2**20:.2f} MiB, + intrinsics)")
         for n, d in (("rgb", "image"), ("sparse", "velodyne_raw"), ("depth", "groundtruth_depth")):
-            print(f"  {n:7s} store {du(work / 'store' / n) / len(samples) / 1024:7.1f} KiB/sample   "
-                  f"png {du(work / 'kitti' / d) / len(samples) / 1024:7.1f} KiB/sample")
-        print(f"bytes (everything): store {store_all / 2**20:.2f} MiB (adds teacher_output "
-              f"{du(work / 'store' / 'teacher_output') / 2**20:.2f} MiB, K, pose, manifest)   "
-              f"png set {png_all / 2**20:.2f} MiB (with intrinsics)   ratio {store_all / png_all:.3f}")
+            print(f"  {n:7s} png {du(work / 'kitti' / d) / len(samples) / 1024:7.1f} KiB/sample   " + "   ".join(
+                f"{p} {du(work / p / n) / len(samples) / 1024:7.1f}" for p in profiles))
+        print(f"  teacher_output (store only)   " + "   ".join(
+            f"{p} {du(work / p / 'teacher_output') / len(samples) / 1024:7.1f}" for p in profiles))
+        for p in profiles:
+            arrays3 = du(*(work / p / n for n in ("rgb", "sparse", "depth")))
+            store_all = du(work / p)
+            print(f"  store[{p}]: rgb+sparse+depth {arrays3 / 2**20:.2f} MiB = {arrays3 / png3:.3f}x png; "
+                  f"whole store {store_all / 2**20:.2f} MiB = {store_all / png_all:.3f}x the png set")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

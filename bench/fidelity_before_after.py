@@ -3,7 +3,10 @@
 "before" = the pipeline as it was: built-in profile as shipped before (hdl64e_kitti: datasheet blocks, no
 laser heights, camera-0 mount; nuScenes: vlp32c, the only 32-beam profile, at its generic mount), depth
 policy without the photo's sky and with the far clamp. "after" = fitted hdl32e / factory hdl64e_kitti, sky
-grown with the photo, nothing beyond max depth. Same teacher output, same seeds, side by side.
+grown with the photo, nothing beyond max depth. "aligned" = the teacher's scale/shift fitted to the real
+pattern (tasks.fidelity.fit_disparity_alignment; `monolidar fidelity`'s default) instead of the depth
+policy's seeded draw, so the row measures the sensor. "first fit" = hdl32e as first fitted (drop rise from
+single missing columns only, commit 36f39fc). Same teacher output, same seeds, side by side.
 
     python bench/fidelity_before_after.py [--seeds 8] [--png /path/to/fidelity_nuscenes.png]
 """
@@ -20,7 +23,7 @@ from model.teacher import Teacher
 from storage.lidar_scans import read_calib, read_scan
 from storage.pngio import read_depth_png
 from tasks.depth_policy import DepthPolicy
-from tasks.fidelity import compare, project_sweep, side_by_side, simulate_on_photo
+from tasks.fidelity import compare, fit_disparity_alignment, project_sweep, side_by_side, simulate_on_photo
 from tasks.images import load_image
 from tasks.sensors import load_profile, parse_profile
 
@@ -39,6 +42,13 @@ def old_hdl64e():
     text = subprocess.run(["git", "show", "7e7dff2:tasks/sensors/hdl64e_kitti.yaml"], cwd=REPO, check=True,
                           capture_output=True, text=True).stdout
     return parse_profile(yaml.safe_load(text), "hdl64e_kitti (before)")
+
+
+def first_fit_hdl32e():
+    """hdl32e as first fitted in issue 13 (drop rise from single missing columns only)."""
+    text = subprocess.run(["git", "show", "36f39fc:tasks/sensors/hdl32e.yaml"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout
+    return parse_profile(yaml.safe_load(text), "hdl32e (first fit)")
 
 
 def row(label, rep):
@@ -69,18 +79,27 @@ def main() -> None:
                              "mount": {**vlp.mount, "rotation_deg": [0.0, 0.0, 0.0]}}, "vlp32c")
     before = simulate_on_photo(disp, cal.K, vlp_nus, seeds=seeds, policy=OLD)
     row("nuScenes before: vlp32c, old policy", compare(real, before))
+    first = first_fit_hdl32e()
+    row("nuScenes: hdl32e first fit, old policy", compare(real, simulate_on_photo(disp, cal.K, first, seeds=seeds,
+                                                                                   policy=OLD)))
+    row("nuScenes: hdl32e first fit, sky with photo", compare(real, simulate_on_photo(disp, cal.K, first, seeds=seeds,
+                                                                                       rgb=rgb)))
+    alignment = fit_disparity_alignment(disp, real)
+    print(f"<!-- teacher aligned to the scan: {alignment} -->")
+    row("nuScenes: hdl32e first fit, aligned to scan", compare(real, simulate_on_photo(
+        disp, cal.K, first, seeds=seeds, rgb=rgb, alignment=alignment)))
     fitted = load_profile("hdl32e")
-    after_old_policy = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, policy=OLD)
-    row("nuScenes: fitted hdl32e, old policy", compare(real, after_old_policy))
     after = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, rgb=rgb)
-    row("nuScenes after: fitted hdl32e, sky with photo", compare(real, after))
+    row("nuScenes after: hdl32e (run-aware drops), sky with photo", compare(real, after))
     near = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, rgb=rgb, policy=NEAR)
     row("nuScenes after, near anchor 4-6 m (camera-height aware)", compare(real, near))
+    aligned = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, rgb=rgb, alignment=alignment)
+    row("**nuScenes after: hdl32e (run-aware drops), aligned to scan**", compare(real, aligned))
     if args.png:
         from PIL import Image
 
-        Image.fromarray(side_by_side(rgb, real, after[0], labels=("real nuScenes HDL-32E sweep",
-                                                                 "simulated: fitted hdl32e profile, seed 0"))).save(args.png)
+        Image.fromarray(side_by_side(rgb, real, aligned[0], labels=(
+            "real nuScenes HDL-32E sweep", "simulated: fitted hdl32e, teacher aligned to the scan, seed 0"))).save(args.png)
     for frame in ("0000000005", "0000000050"):
         rgb = load_image(DATA / "kitti_gt" / "rgb" / f"{frame}.png")
         gt = read_depth_png(DATA / "kitti_gt" / "depth" / f"{frame}.png")
@@ -93,6 +112,9 @@ def main() -> None:
         row(f"KITTI {frame} after: factory hdl64e_kitti", compare(gt, a, real_is_proxy=True))
         a = simulate_on_photo(disp, K_KITTI, load_profile("hdl64e_kitti"), seeds=seeds, rgb=rgb, policy=NEAR)
         row(f"KITTI {frame} after, near anchor 4-6 m", compare(gt, a, real_is_proxy=True))
+        a = simulate_on_photo(disp, K_KITTI, load_profile("hdl64e_kitti"), seeds=seeds, rgb=rgb,
+                              alignment=fit_disparity_alignment(disp, gt))
+        row(f"KITTI {frame} after, aligned to GT", compare(gt, a, real_is_proxy=True))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ repair-shards: re-run, from the stored plan and config, only the shards that are
 """
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,8 +20,11 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.failures import readable_failures
+
 from storage.cache import ArrayCache, default_cache_dir
 from storage.plan import read_plan, write_plan
+from storage.root import StoreRoot, is_remote
 from storage.store import DatasetStore
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, Backend, BuildConfig, SensorName
 from tasks.build_summary import mean_ok_density, shard_state, status_counts
@@ -85,7 +87,8 @@ def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(v) for v in shards.values()), unit="sample", desc="build", file=sys.stderr)
-    artifact = create_progress_artifact(0.0, description=f"shards written of {len(futures)}") if futures else None
+    artifact = create_progress_artifact(0.0, key="build-progress",  # key = the card's title in the UI
+                                        description=f"{len(futures)} shards to write into {store.path}") if futures else None
     results = []
     for done, fut in enumerate(as_completed(list(futures)), start=1):
         shard, tout = futures[fut]
@@ -156,7 +159,7 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
             key="build-shards",
             description=f"Per-shard statistics of {store.path}",
         )
-    if previews > 0 and status["ok"]:
+    if previews > 0 and status["ok"] and store.root.path is not None:  # previews live in a local store only
         md = write_previews(store, store.path / "previews", limit=previews, markdown=True)
         create_markdown_artifact(md, key="build-previews", description="RGB | teacher depth | sparse LiDAR")
     return summary
@@ -170,6 +173,7 @@ def default_thread_workers() -> int:
 
 @flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=default_thread_workers()),
       log_prints=True)
+@readable_failures
 def build_dataset(
     images: str = str(DEMO_IMAGES),
     out: str = DEFAULT_OUT,
@@ -226,8 +230,8 @@ def build_dataset(
     # A missing or broken teacher fails here, before any shard runs.
     ident = load_validated_teacher(teacher, batch_size=teacher_batch_size, threads=teacher_threads)
     t_plan = time.perf_counter()
-    store_path = Path(out)
-    cache = str(Path(cache_dir) if cache_dir else default_cache_dir(store_path))
+    store_path = out if is_remote(out) else Path(out)
+    cache = str(Path(cache_dir) if cache_dir else _default_cache(store_path))
     store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite)
     with store.lock(owner="build-dataset"):
         ArrayCache(cache).clear_temporaries()
@@ -273,10 +277,17 @@ def _check_sensor_and_backend(cfg: BuildConfig) -> None:
         raise InputError(f"unknown backend {cfg.backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
-def _open_or_create(path: Path, cfg: BuildConfig, teacher: dict, images: str, *, overwrite: bool) -> DatasetStore:
+def _default_cache(store_path: Path | str) -> Path:
+    # A store on object storage keeps its teacher/canvas cache on local disk, in the working directory.
+    return Path(".monolidar-cache").resolve() if is_remote(store_path) else default_cache_dir(store_path)
+
+
+def _open_or_create(path: Path | str, cfg: BuildConfig, teacher: dict, images: str, *,
+                    overwrite: bool) -> DatasetStore:
     config = {"build": cfg.to_dict(), "config_hash": cfg.hash(), "images": str(images)}
     teacher_attrs = {k: teacher[k] for k in teacher if k != "threads"}
-    if path.exists() and any(path.iterdir()):
+    root = StoreRoot(path)
+    if not root.is_empty():
         store = DatasetStore.open(path, mode="r+")  # StoreError if it is not a monolidar store
         old = store.attrs.get("config", {})
         old_teacher = store.attrs.get("teacher", {}).get("sha256")
@@ -292,13 +303,14 @@ def _open_or_create(path: Path, cfg: BuildConfig, teacher: dict, images: str, *,
                 f"{path}: existing dataset was built with another {' and '.join(mismatch)}; "
                 "choose a new --out or pass --overwrite to replace it"
             )
-        shutil.rmtree(path)
+        root.remove_tree()
     return DatasetStore.create(path, height=cfg.height, width=cfg.width, shard_size=cfg.shard_size, config=config,
                                teacher=teacher_attrs, sensor=cfg.sensor, code_version=code_version())
 
 
 @flow(name="repair-shards", task_runner=ThreadPoolTaskRunner(max_workers=default_thread_workers()),
       log_prints=True)
+@readable_failures
 def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None = None,
                    sim_workers: int | None = RUN_DEFAULTS.sim_workers, progress: bool = False) -> dict:
     """Re-run only the shards of ``store`` that are missing or hold failed samples, from its stored plan and
@@ -322,7 +334,7 @@ def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None
     if ident["sha256"] != recorded.get("sha256"):
         raise StoreError(f"{store}: teacher {ident['path']} (sha256 {ident['sha256'][:12]}) is not the one the "
                          f"dataset was built with (sha256 {str(recorded.get('sha256'))[:12]})")
-    cache = str(Path(cache_dir) if cache_dir else default_cache_dir(ds.path))
+    cache = str(Path(cache_dir) if cache_dir else _default_cache(ds.path))
     with ds.lock(owner="repair-shards"):
         ArrayCache(cache).clear_temporaries()
         plan_rows = read_plan(ds.path)

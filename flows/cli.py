@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "flows.cli_embedded",  # train-teacher (the embedded default teacher)
     "flows.cli_train",     # pretrain, finetune, evaluate
     "flows.cli_fidelity",  # calibrate-sensor, fidelity
+    "flows.cli_ui",        # ui (local Prefect server + deployments + worker)
 )
 
 
@@ -51,6 +52,8 @@ def _quiet_prefect(debug: bool) -> None:
     CLI prints its own progress, summaries and one-line errors, so Prefect's run loggers only speak with
     --debug (a filter, not a level: Prefect re-applies its logging config when the first run starts)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The ephemeral server gets 20 s to start by default; a loaded 2-core box needs longer.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
     if debug:

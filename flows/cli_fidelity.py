@@ -44,7 +44,7 @@ def _fidelity(args: argparse.Namespace) -> int:
     report = fidelity_flow(image=args.image, scan=args.scan, calib=args.calib, reference_depth=args.reference_depth,
                            intrinsics=args.intrinsics, sensor=args.sensor, seeds=args.seeds, seed=args.seed,
                            teacher=args.teacher, out=args.out, camera=args.camera, tolerance=args.tolerance,
-                           see_through=args.see_through)
+                           see_through=args.see_through, align=not args.no_align)
     if args.json:
         print(json.dumps(report, indent=1))
         return 0
@@ -56,6 +56,12 @@ def _fidelity(args: argparse.Namespace) -> int:
     print("  ".join(str(k).ljust(w) for k, w in zip(keys, widths)))
     for r in rows:
         print("  ".join(_fmt(r[k]).ljust(w) for k, w in zip(keys, widths)))
+    if report.get("policy_draw"):
+        a, pd = report["alignment"], report["policy_draw"]["stats"]
+        print(f"teacher aligned to the reference (scale {a['scale']:.4g}, shift {a['shift']:.4g}, "
+              f"median abs rel {a['median_abs_rel']}); with the depth policy's draw instead: "
+              + ", ".join(f"{k} {pd[k]['rel_error']:+.1%}" for k in ("density", "density_kitti_crop", "first_row",
+                                                                      "rows_covered") if pd[k]["rel_error"] is not None))
     q = report["depth_quantiles_m"]
     print(f"depth quantiles {q['q']}: real {q['real']}, simulated {q['sim']}")
     if report.get("files"):
@@ -98,6 +104,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--camera", help="camera name in a DGP calibration")
     p.add_argument("--tolerance", type=float, default=0.10, help="accepted relative error (default 0.10)")
     p.add_argument("--see-through", action="store_true", help="simulate see-through returns")
+    p.add_argument("--no-align", action="store_true",
+                   help="do not fit the teacher's scale/shift to the real pattern; judge the depth policy's "
+                        "seeded draw (by default it is only reported beside the aligned figures)")
     p.add_argument("--out", help="folder for report.json and side_by_side.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_fidelity)

@@ -1,4 +1,4 @@
-"""`monolidar inspect` and `monolidar export-kitti`: look into a store, hand it to KITTI-format tools."""
+"""`monolidar inspect`, `verify` and `export-kitti`: look into a store, check it, hand it to KITTI-format tools."""
 from __future__ import annotations
 
 import argparse
@@ -11,9 +11,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=inspect_cmd)
 
+    p = sub.add_parser("verify", help="check every shard (hashes, checksums, manifest statistics, plan) and "
+                                      "mark bad shards so that `monolidar repair` rebuilds them")
+    p.add_argument("store", help="path or URL (s3://bucket/ds.zarr) of the dataset store")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-mark", action="store_true", help="only report; leave bad shards committed")
+    p.add_argument("--inputs", action="store_true",
+                   help="also re-read every input and flag shards built from files whose content changed since")
+    p.set_defaults(func=verify_cmd)
+
     p = sub.add_parser("export-kitti", help="write a store's ok samples in the KITTI depth-completion layout")
     p.add_argument("store", help="path of the dataset store")
-    p.add_argument("outdir", help="output directory (val_selection_cropped layout)")
+    p.add_argument("outdir", help="output directory")
+    p.add_argument("--layout", choices=("val_selection_cropped", "train"), default="val_selection_cropped",
+                   help="val_selection_cropped (default: image/ velodyne_raw/ groundtruth_depth/ intrinsics/) or "
+                        "train (data_depth_annotated/, data_depth_velodyne/, raw/ with the teacher disparity "
+                        "under image_02/disp/ and calib_cam_to_cam.txt: the BP-Net / DMD3C training layout)")
     p.set_defaults(func=export_kitti_cmd)
 
 
@@ -40,10 +53,35 @@ def inspect_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
+def verify_cmd(args: argparse.Namespace) -> int:
+    """Exit 0 when the store is sound, 1 when damage was found (and, unless --no-mark, marked for repair)."""
+    import sys
+
+    from storage.verify import verify_store
+
+    report = verify_store(args.store, mark=not args.no_mark, inputs=args.inputs)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        return 0 if report.ok else 1
+    print(f"{report.store}: {report.shards_checked} committed shards checked, {len(report.bad_shards)} bad, "
+          f"{len(report.plan_problems)} plan problems")
+    for bad in report.bad_shards:
+        print(f"  shard {bad['shard']:05d}: {bad['reason']}")
+    for prob in report.plan_problems:
+        print(f"  plan: {prob['reason']}")
+    if report.marked:
+        print(f"marked {len(report.marked)} shards for repair: run `monolidar repair {args.store}`")
+    if report.plan_restored:
+        print("restored the damaged plan rows from the committed shards")
+    elif report.plan_problems and not args.no_mark:
+        print("the plan could not be restored from the committed shards; rebuild the store", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def export_kitti_cmd(args: argparse.Namespace) -> int:
     from storage.kitti import export_store_to_kitti
 
-    counts = export_store_to_kitti(args.store, args.outdir)
+    counts = export_store_to_kitti(args.store, args.outdir, layout=args.layout)
     print(f"exported {counts['exported']} samples to {counts['outdir']} "
           f"(skipped {counts['skipped']} not ok)")
     return 0

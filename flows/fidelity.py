@@ -27,6 +27,7 @@ def fidelity_flow(
     camera: str | None = None,
     tolerance: float = 0.10,
     see_through: bool = False,
+    align: bool = True,
 ) -> dict:
     """Compare a real LiDAR pattern with the simulation of a sensor profile on the same photo.
 
@@ -44,10 +45,12 @@ def fidelity_flow(
         camera: camera name in a DGP calibration (default: the first camera).
         tolerance: relative error accepted for density, first-return row and rows covered.
         see_through: simulate with the hidden background layer (see-through returns).
+        align: fit the teacher's scale/shift to the real pattern (default) so the figures measure the sensor;
+            the depth policy's seeded draw is reported beside it. False: the policy's draw only.
     """
     report = fidelity_task(image=image, scan=scan, calib=calib, reference_depth=reference_depth,
                            intrinsics=intrinsics, sensor=sensor, seeds=seeds, seed=seed, teacher=teacher, out=out,
-                           camera=camera, tolerance=tolerance, see_through=see_through)
+                           camera=camera, tolerance=tolerance, see_through=see_through, align=align)
     create_table_artifact(table_rows(report), key="sensor-fidelity",
                           description=f"{report['sensor']} on {report['image']}: real vs simulated")
     pic = report.get("files", {}).get("picture")

@@ -29,6 +29,7 @@ import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.failures import readable_failures
 from model.checkpoint import (ModelEMA, init_from_checkpoint, load_checkpoint, model_from_checkpoint,
                               restore_training_state, save_checkpoint)
 from model.completion import CompletionNet, create_model
@@ -205,6 +206,7 @@ def stage1_loss(model: CompletionNet, batch: dict) -> tuple[torch.Tensor, dict[s
 
 
 @flow(name="pretrain", log_prints=True)
+@readable_failures
 def pretrain_flow(
     store: str,
     out: str,
@@ -375,6 +377,7 @@ def stage2_loss_fn(*, ssi_weight: float, grad_weight: float, loss: str) -> Calla
 
 
 @flow(name="finetune", log_prints=True)
+@readable_failures
 def finetune_flow(
     kitti: str,
     out: str,
@@ -520,6 +523,7 @@ def _metrics_table(results: dict[str, dict]) -> list[dict]:
 
 
 @flow(name="evaluate", log_prints=True)
+@readable_failures
 def evaluate_flow(
     kitti: str,
     ckpt: str | None = None,

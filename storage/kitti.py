@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
+from PIL import Image
 
 from storage.pngio import read_depth_png, read_rgb, write_depth_png, write_rgb_png
 from tasks.errors import InputError
@@ -32,7 +33,7 @@ from tasks.sparsify import sparsify_scanlines
 __all__ = [
     "KittiItem", "find_kitti_dc", "load_kitti_item", "read_depth_png", "write_depth_png", "write_kitti_dc",
     "export_store_to_kitti", "kitti_dc_from_gt_dir", "read_intrinsics_txt", "write_intrinsics_txt",
-    "KITTI_CROP",
+    "KITTI_CROP", "EXPORT_LAYOUTS", "disparity_to_uint8", "write_calib_cam_to_cam",
 ]
 
 KITTI_CROP = (352, 1216)  # benchmark crop: bottom 352 rows, central 1216 columns
@@ -232,15 +233,96 @@ def write_kitti_dc(outdir: str | Path, samples: Iterable[dict], layout: str = "v
     return written
 
 
-def export_store_to_kitti(store_path: str | Path, outdir: str | Path) -> dict:
-    """The ok samples of a store as KITTI-DC (val_selection_cropped): rgb -> image, sparse -> velodyne_raw,
-    depth (dense, teacher-derived) -> groundtruth_depth, K -> intrinsics. Returns counts."""
+EXPORT_LAYOUTS = ("val_selection_cropped", "train")
+_TRAIN_BASELINE_M = 0.54  # KITTI's stereo baseline, for the nominal P_rect_03 some loaders also parse
+
+
+def disparity_to_uint8(teacher_output: np.ndarray, kind: str) -> np.ndarray:
+    """Teacher output -> 8-bit disparity image (near = bright), min-max scaled per image to 0..255: the
+    relative-disparity PNG convention DMD3C's distillation loader reads (image_02/disp/). A metric ``depth``
+    output is inverted first; non-finite or non-positive values map to 0."""
+    d = np.asarray(teacher_output, dtype=np.float64)
+    if kind == "depth":
+        with np.errstate(divide="ignore"):
+            d = np.where(d > 0, 1.0 / d, 0.0)
+    d = np.where(np.isfinite(d), d, 0.0)
+    lo, hi = float(d.min()), float(d.max())
+    if hi <= lo:
+        return np.zeros(d.shape, np.uint8)
+    return np.rint((d - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def write_calib_cam_to_cam(path: str | Path, K: np.ndarray, size_hw: tuple[int, int]) -> None:
+    """A KITTI raw-data calib_cam_to_cam.txt for synthetic camera 2 = the rectified reference: P_rect_02 =
+    [K | 0] (what BP-Net / DMD3C loaders take K from), P_rect_03 with KITTI's 0.54 m baseline (parsed by
+    those loaders, unused by monolidar), P_rect_00 = [K | 0], S_rect_0X = image size."""
+    K = np.asarray(K, np.float64).reshape(3, 3)
+    p02 = np.hstack([K, np.zeros((3, 1))])
+    p03 = p02.copy()
+    p03[0, 3] = -K[0, 0] * _TRAIN_BASELINE_M
+    h, w = size_hw
+    fmt = lambda a: " ".join(f"{v:.9e}" for v in np.asarray(a, np.float64).reshape(-1))  # noqa: E731
+    lines = ["calib_time: synthetic (monolidar export-kitti --layout train)", "corner_dist: 0.000000e+00"]
+    for cam, P in (("00", p02), ("02", p02), ("03", p03)):
+        lines += [f"S_rect_{cam}: {fmt([w, h])}", f"R_rect_{cam}: {fmt(np.eye(3))}", f"P_rect_{cam}: {fmt(P)}"]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def _export_train(store, ok_rows: list[dict], outdir: Path) -> int:
+    """KITTI training layout (see export_store_to_kitti). One synthetic drive per shard, frame = row; one
+    synthetic date per distinct K (a raw-data date folder has one calibration)."""
+    import datetime as _dt
+
+    kind = str((store.attrs.get("teacher") or {}).get("output_kind", "disparity"))
+    dates: dict[bytes, str] = {}
+    n = 0
+    for r in ok_rows:
+        a = store.read_sample(r["index"])
+        K = np.asarray(a["K"], np.float32)
+        if K.tobytes() not in dates:
+            day = _dt.date(2000, 1, 1) + _dt.timedelta(days=len(dates))
+            dates[K.tobytes()] = date = day.strftime("%Y_%m_%d")
+            write_calib_cam_to_cam(outdir / "raw" / date / "calib_cam_to_cam.txt", K, a["rgb"].shape[:2])
+        date = dates[K.tobytes()]
+        drive = f"{date}_drive_{int(r['shard']):04d}_sync"
+        frame = f"{int(r['row']):010d}.png"
+        write_depth_png(outdir / "data_depth_annotated" / "train" / drive / "proj_depth" / "groundtruth" / "image_02"
+                        / frame, a["depth"])
+        write_depth_png(outdir / "data_depth_velodyne" / "train" / drive / "proj_depth" / "velodyne_raw" / "image_02"
+                        / frame, a["sparse"])
+        raw = outdir / "raw" / date / drive / "image_02"
+        write_rgb_png(raw / "data" / frame, a["rgb"])
+        disp = raw / "disp" / frame
+        disp.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(disparity_to_uint8(a["teacher_output"], kind), mode="L").save(disp, format="PNG")
+        n += 1
+    return n
+
+
+def export_store_to_kitti(store_path: str | Path, outdir: str | Path, layout: str = "val_selection_cropped") -> dict:
+    """The ok samples of a store in a KITTI-DC layout. Returns counts.
+
+    * ``val_selection_cropped`` (default): rgb -> image, sparse -> velodyne_raw, depth (dense, teacher-derived)
+      -> groundtruth_depth, K -> intrinsics.
+    * ``train``: the training layout BP-Net / DMD3C-style code reads, with one synthetic drive per shard
+      (``<date>_drive_<shard>_sync``, frame = row): ``data_depth_annotated/train/<drive>/proj_depth/groundtruth/
+      image_02/`` (depth), ``data_depth_velodyne/train/<drive>/proj_depth/velodyne_raw/image_02/`` (sparse),
+      ``raw/<date>/<drive>/image_02/data/`` (rgb), ``raw/<date>/<drive>/image_02/disp/`` (teacher disparity,
+      8-bit, see disparity_to_uint8) and ``raw/<date>/calib_cam_to_cam.txt`` (P_rect_02 = [K | 0]).
+    """
     from storage.store import DatasetStore
 
+    if layout not in EXPORT_LAYOUTS:
+        raise InputError(f"{outdir}: unknown KITTI layout {layout!r}; expected one of {', '.join(EXPORT_LAYOUTS)}")
     store = DatasetStore.open(store_path)
     table = store.manifest()
-    rows = table.select(["index", "sample_id", "status"]).to_pylist()
+    rows = table.select(["index", "shard", "row", "sample_id", "status"]).to_pylist()
     ok = [r for r in rows if r["status"] == "ok"]
+    if layout == "train":
+        n = _export_train(store, ok, Path(outdir))
+        return {"outdir": str(outdir), "layout": layout, "exported": n, "skipped": len(rows) - len(ok),
+                "samples": len(rows)}
 
     def samples() -> Iterator[dict]:
         for r in ok:
@@ -249,7 +331,8 @@ def export_store_to_kitti(store_path: str | Path, outdir: str | Path) -> dict:
                    "sparse": a["sparse"], "gt": a["depth"], "K": a["K"]}
 
     images = write_kitti_dc(outdir, samples())
-    return {"outdir": str(outdir), "exported": len(images), "skipped": len(rows) - len(ok), "samples": len(rows)}
+    return {"outdir": str(outdir), "layout": layout, "exported": len(images), "skipped": len(rows) - len(ok),
+            "samples": len(rows)}
 
 
 def crop_kitti(array: np.ndarray, crop: tuple[int, int] = KITTI_CROP, *, source: str | Path = "image"

@@ -1,17 +1,20 @@
 """The build plan stored inside a dataset: which input goes to which shard and row, with which seed.
 
-``<store>/plan.parquet`` is rewritten (atomically: temp file + rename) by the single process holding the
-build lock, before any shard is written. Repair reads it to know what a missing shard must contain, and
-an incremental build reads it to keep existing samples where they are.
+``<store>/plan.parquet`` is rewritten whole (tmp + rename locally, one PUT on object storage) by the single
+process holding the build lock, before any shard is written. Repair reads it to know what a missing shard
+must contain, and an incremental build reads it to keep existing samples where they are. Each committed
+shard also keeps its own plan rows in its manifest part (storage.manifest), so `verify` can find a damaged
+plan row and restore it.
 """
 from __future__ import annotations
 
+import io
 import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from storage.root import StoreRoot
 from tasks.errors import StoreError
 
 PLAN_FILE = "plan.parquet"
@@ -28,23 +31,46 @@ PLAN_SCHEMA = pa.schema(
 )
 
 
-def write_plan(store_path: str | os.PathLike, rows: list[dict]) -> Path:
-    path = Path(store_path) / PLAN_FILE
+def _root(store: "str | os.PathLike | StoreRoot") -> StoreRoot:
+    return store if isinstance(store, StoreRoot) else StoreRoot(store)
+
+
+def plan_bytes(rows: list[dict]) -> bytes:
     table = pa.Table.from_pylist(
         [{k: r[k] for k in PLAN_SCHEMA.names} for r in rows], schema=PLAN_SCHEMA
     ).sort_by([("shard", "ascending"), ("row", "ascending")])
-    tmp = path.with_name(f".{PLAN_FILE}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-    return path
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
 
 
-def read_plan(store_path: str | os.PathLike) -> list[dict]:
+def write_plan(store_path: "str | os.PathLike | StoreRoot", rows: list[dict]) -> str:
+    """Replace the store's plan with ``rows``; returns its path/URL."""
+    root = _root(store_path)
+    root.write_bytes(PLAN_FILE, plan_bytes(rows))
+    return root.full(PLAN_FILE)
+
+
+def read_plan(store_path: "str | os.PathLike | StoreRoot") -> list[dict]:
     """Rows of the stored plan; [] for a store that has none yet."""
-    path = Path(store_path) / PLAN_FILE
-    if not path.exists():
+    root = _root(store_path)
+    try:
+        data = root.read_bytes(PLAN_FILE)
+    except FileNotFoundError:
         return []
     try:
-        return pq.read_table(path).to_pylist()
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
     except Exception as exc:
-        raise StoreError(f"{path}: unreadable build plan ({type(exc).__name__}: {exc})") from exc
+        raise StoreError(f"{root.full(PLAN_FILE)}: unreadable build plan ({type(exc).__name__}: {exc})") from exc
+
+
+def plan_rows_for_shard(store_path: "str | os.PathLike | StoreRoot", shard: int) -> list[dict]:
+    """The plan rows of one shard, sorted by row ([] without a plan, or if the plan is unreadable: the shard's
+    own copy is a convenience for verify, never a reason to fail a write)."""
+    root = _root(store_path)
+    try:
+        data = root.read_bytes(PLAN_FILE)
+        table = pq.read_table(pa.BufferReader(data), filters=[("shard", "=", int(shard))])
+    except (FileNotFoundError, OSError, pa.ArrowException):
+        return []
+    return sorted(table.to_pylist(), key=lambda r: r["row"])

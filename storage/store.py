@@ -1,4 +1,5 @@
-"""The dataset store: one Zarr v3 group of sharded arrays + a Parquet manifest, one directory per dataset.
+"""The dataset store: one Zarr v3 group of sharded arrays + a Parquet manifest, one directory (or object-store
+prefix, e.g. ``s3://bucket/ds.zarr``) per dataset.
 
 Layout of ``<store>/``::
 
@@ -6,14 +7,21 @@ Layout of ``<store>/``::
                                    the format block ("monolidar": height, width, shard_size, ...), summary
     rgb/ teacher_output/ depth/ sparse/ K/ lidar_pose/
                                    Zarr v3 arrays sharing sample axis 0; one shard object = shard_size samples
-    manifest/shard-00000.parquet   one part per complete shard: the commit marker of that shard
+    manifest/shard-00000.parquet   one part per complete shard: the commit marker of that shard; its Parquet
+                                   metadata holds the sha256 of each array's shard object (see storage.manifest)
+    plan.parquet                   the build plan (storage.plan)
     README.md                      dataset card (written by finalize)
     .build.lock                    present while a build holds the store (see DatasetStore.lock)
 
 Why shards and a manifest part per shard: the shard is the unit one task writes whole (two writers touching
 one Zarr shard lose data), and a shard counts as complete only once its manifest part exists. write_shard
-deletes the part first, writes the arrays, and publishes the part last (tmp file + os.replace), so a crash
-anywhere leaves the shard absent for readers, never half-written.
+deletes the part first, writes the arrays (one object per array and shard), and publishes the part last (one
+whole-file write: tmp + os.replace locally, one PUT on object storage), so a crash anywhere leaves the shard
+absent for readers, never half-written.
+
+Only standard Zarr v3 codecs are used (bytes, blosc, crc32c, sharding_indexed): zarr-python, tensorstore and
+zarr.js read a store without this project. Every chunk inside a shard carries a crc32c, and so does each
+shard index.
 
 Array bytes never contain timestamps, so rewriting a shard from the same inputs gives byte-identical files.
 """
@@ -21,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import os
 import socket
@@ -32,12 +41,12 @@ import numpy as np
 import pyarrow as pa
 
 from storage import manifest as mf
-from storage.codecs import MedPredictorCodec
 from storage.pngio import uint16_to_depth
+from storage.root import StoreRoot
 from tasks.errors import StoreError
 
 FORMAT_NAME = "monolidar-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: standard codecs only (blosc + crc32c), shard hashes in the manifest parts
 LOCK_NAME = ".build.lock"
 CARD_NAME = "README.md"
 
@@ -59,15 +68,34 @@ ARRAY_DOCS = {
     "lidar_pose": "4x4 camera_from_lidar rigid transform (metres)",
 }
 
-# Compression, tuned with bench/bench_loader.py (KITTI-like 352x1216 samples): random-access reads must beat
-# decoding KITTI PNGs while the bytes stay at or below them. RGB goes planar (C, H, W) and through the
-# median-edge-detector predictor (storage/codecs.py) before zstd; depth maps compress well as they are
-# (long zero runs of semi-dense/sparse maps, smooth dense maps).
-# zstd 19 pays off only on the depth maps (semi-dense/sparse: -15 % vs level 9, ~0.3 s per 352x1216 map);
-# rgb after the predictor and the dense teacher output gain little from it and stay at 9 to keep writes quick.
-# Level 19 would shave ~15 % off depth/sparse but costs ~0.4 s of CPU per 352x1216 sample on writes (10x
-# level 9), which the build pays on its critical path (measured: depth 246 KiB in 37 ms vs 205 KiB in 426 ms).
-ZSTD_LEVELS = {"rgb": 9, "teacher_output": 9, "depth": 9, "sparse": 9, "K": 9, "lidar_pose": 9}
+# Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
+# samples (KITTI-like 352x1216; figures in README "Dataset format"). Two profiles:
+# * "balanced" (default, what a build writes): blosc level 5 (= zstd 9) with the shuffle that suits each
+#   array's bytes (bit shuffle for uint8 RGB and the smooth float32 depth, byte shuffle for 2-byte numbers).
+#   ~0.05-0.1 s of CPU per array and sample on writes.
+# * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
+#   ~10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's ~30 ms
+#   per-sample budget; meant for archiving or publishing a finished dataset.
+# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle)
+COMPRESSION = {
+    "balanced": {
+        "rgb": (None, "zstd", 5, "bitshuffle"),
+        "teacher_output": (None, "zstd", 5, "shuffle"),
+        "depth": (None, "zstd", 5, "bitshuffle"),
+        "sparse": (None, "zstd", 5, "shuffle"),
+        "K": (None, "zstd", 5, "shuffle"),
+        "lidar_pose": (None, "zstd", 5, "shuffle"),
+    },
+    "small": {
+        "rgb": ((0, 3, 1, 2), "zstd", 9, "noshuffle"),
+        "teacher_output": (None, "zstd", 9, "shuffle"),
+        "depth": (None, "zstd", 9, "bitshuffle"),
+        "sparse": (None, "zstd", 9, "shuffle"),
+        "K": (None, "zstd", 5, "shuffle"),
+        "lidar_pose": (None, "zstd", 5, "shuffle"),
+    },
+}
+DEFAULT_COMPRESSION = "balanced"
 
 
 def sample_shape(name: str, height: int, width: int) -> tuple[int, ...]:
@@ -75,15 +103,24 @@ def sample_shape(name: str, height: int, width: int) -> tuple[int, ...]:
     return ARRAYS[name][1](height, width)
 
 
-def _codecs(name: str) -> dict[str, Any]:
-    from zarr.codecs import TransposeCodec, ZstdCodec
+def _codecs(name: str, compression: str = DEFAULT_COMPRESSION) -> dict[str, Any]:
+    from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 
-    if name == "rgb":
-        return {
-            "filters": [TransposeCodec(order=(0, 3, 1, 2)), MedPredictorCodec()],
-            "compressors": [ZstdCodec(level=ZSTD_LEVELS[name])],
-        }
-    return {"filters": None, "compressors": [ZstdCodec(level=ZSTD_LEVELS[name])]}
+    order, cname, clevel, shuffle = COMPRESSION[compression][name]
+    dtype = ARRAYS[name][0]
+    return {
+        "filters": [TransposeCodec(order=order)] if order else None,
+        "compressors": [
+            # blocksize 0: blosc picks its block size (a whole-chunk block measured no smaller)
+            BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=dtype.itemsize, blocksize=0),
+            Crc32cCodec(),  # checksum of each compressed chunk, checked on every read
+        ],
+    }
+
+
+def shard_object_key(name: str, shard: int, ndim: int) -> str:
+    """Relative key of array ``name``'s object for ``shard`` (Zarr v3 default chunk key encoding)."""
+    return "/".join([name, "c", str(int(shard))] + ["0"] * (ndim - 1))
 
 
 @contextlib.contextmanager
@@ -93,7 +130,12 @@ def _quiet_zarr() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Object at .+ is not recognized as a component")
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        yield
+        import zarr
+
+        # Store every chunk, also all-zero ones (quarantined rows, padding): a shard then always holds all its
+        # chunks, so a missing chunk or object is damage, never "empty".
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            yield
 
 
 def _now_iso() -> str:
@@ -111,14 +153,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 class DatasetStore:
-    """A monolidar dataset on disk. Create with :meth:`create`, open with :meth:`open`.
+    """A monolidar dataset. Create with :meth:`create`, open with :meth:`open`; local path or URL.
 
-    Attributes: ``path`` (Path), ``height``, ``width``, ``shard_size``, ``chunk_size``, ``attrs`` (dict copy of
-    the group attributes: config, teacher, sensor, code_version, created, monolidar, summary).
+    Attributes: ``root`` (StoreRoot), ``path`` (Path for a local store, else the URL string), ``url``,
+    ``height``, ``width``, ``shard_size``, ``chunk_size``, ``attrs`` (dict copy of the group attributes:
+    config, teacher, sensor, code_version, created, monolidar, summary).
     """
 
-    def __init__(self, path: Path, group: Any, mode: str):
-        self.path = path
+    def __init__(self, root: StoreRoot, group: Any, mode: str):
+        self.root = root
+        self.path: Path | str = root.path if root.path is not None else root.url
+        self.url = root.url
         self._group = group
         self._mode = mode
         fmt = dict(group.attrs).get("monolidar", {})
@@ -144,32 +189,39 @@ class DatasetStore:
         code_version: str,
         chunk_size: int = 1,
         exist_ok: bool = False,
+        storage_options: dict | None = None,
+        compression: str = DEFAULT_COMPRESSION,
     ) -> "DatasetStore":
-        """Create an empty store (0 samples; grow with ensure_shards).
+        """Create an empty store (0 samples; grow with ensure_shards). ``path`` may be a URL (s3://…).
 
         exist_ok=True opens an existing store instead if its height/width/shard_size match (else StoreError),
-        which is what a resumed build wants.
+        which is what a resumed build wants. ``compression``: a COMPRESSION profile (balanced | small).
         """
         import zarr
 
-        path = Path(path)
+        root = StoreRoot(path, storage_options)
+        where = root.url
+        if compression not in COMPRESSION:
+            raise StoreError(f"{where}: unknown compression {compression!r}; expected one of {', '.join(COMPRESSION)}")
         if height <= 0 or width <= 0:
-            raise StoreError(f"{path}: image size must be positive, got {height}x{width}")
+            raise StoreError(f"{where}: image size must be positive, got {height}x{width}")
         if shard_size <= 0 or chunk_size <= 0 or shard_size % chunk_size:
-            raise StoreError(f"{path}: shard_size {shard_size} must be a positive multiple of chunk_size {chunk_size}")
-        if (path / "zarr.json").exists():
+            raise StoreError(f"{where}: shard_size {shard_size} must be a positive multiple of chunk_size {chunk_size}")
+        if root.exists("zarr.json"):
             if not exist_ok:
-                raise StoreError(f"{path}: a store already exists (pass exist_ok or choose another path)")
-            store = cls.open(path, mode="r+")
+                raise StoreError(f"{where}: a store already exists (pass exist_ok or choose another path)")
+            store = cls.open(path, mode="r+", storage_options=storage_options)
             got = (store.height, store.width, store.shard_size)
             if got != (height, width, shard_size):
                 raise StoreError(
-                    f"{path}: existing store has height/width/shard_size {got}, requested {(height, width, shard_size)}"
+                    f"{where}: existing store has height/width/shard_size {got}, requested {(height, width, shard_size)}"
                 )
             return store
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise StoreError(f"{path}: exists and is not an empty directory")
-        path.mkdir(parents=True, exist_ok=True)
+        if root.path is not None and root.path.exists() and not root.path.is_dir():
+            raise StoreError(f"{where}: exists and is not an empty directory")
+        if not root.is_empty():
+            raise StoreError(f"{where}: exists and is not an empty directory")
+        root.mkdir()
         attrs = {
             "monolidar": {
                 "format": FORMAT_NAME,
@@ -178,6 +230,7 @@ class DatasetStore:
                 "width": int(width),
                 "shard_size": int(shard_size),
                 "chunk_size": int(chunk_size),
+                "compression": compression,
                 "arrays": {n: {"dtype": str(d), "sample_shape": list(f(height, width)), "doc": ARRAY_DOCS[n]}
                            for n, (d, f) in ARRAYS.items()},
                 "manifest": f"{mf.MANIFEST_DIR}/shard-NNNNN.parquet",
@@ -189,7 +242,7 @@ class DatasetStore:
             "created": _now_iso(),
         }
         with _quiet_zarr():
-            group = zarr.open_group(str(path), mode="w-", zarr_format=3, attributes=attrs)
+            group = zarr.open_group(root.zarr_store(), mode="w-", zarr_format=3, attributes=attrs)
             for name, (dtype, shape_fn) in ARRAYS.items():
                 sample = shape_fn(height, width)
                 group.create_array(
@@ -200,44 +253,55 @@ class DatasetStore:
                     shards=(shard_size, *sample),
                     fill_value=0,
                     dimension_names=["sample", *[f"d{i}" for i in range(len(sample))]],
-                    **_codecs(name),
+                    **_codecs(name, compression),
                 )
-            (path / mf.MANIFEST_DIR).mkdir(exist_ok=True)
-            return cls(path, group, "r+")
+            if root.path is not None:
+                (root.path / mf.MANIFEST_DIR).mkdir(exist_ok=True)
+            return cls(root, group, "r+")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "DatasetStore":
-        """Open an existing store; mode "r" (read) or "r+" (write shards, finalize)."""
+    def open(cls, path: "str | os.PathLike | DatasetStore", mode: str = "r",
+             storage_options: dict | None = None) -> "DatasetStore":
+        """Open an existing store (local path or URL); mode "r" (read) or "r+" (write shards, finalize)."""
         import zarr
 
-        path = Path(path)
+        if isinstance(path, DatasetStore):
+            path = path.url
+        root = StoreRoot(path, storage_options)
+        where = root.url
         if mode not in ("r", "r+"):
-            raise StoreError(f"{path}: mode must be 'r' or 'r+', got {mode!r}")
-        if not path.exists():
-            raise StoreError(f"{path}: no such store")
-        if not path.is_dir() or not (path / "zarr.json").is_file():
-            raise StoreError(f"{path}: not a monolidar store (no zarr.json)")
+            raise StoreError(f"{where}: mode must be 'r' or 'r+', got {mode!r}")
+        if root.path is not None and not root.path.exists():
+            raise StoreError(f"{where}: no such store")
+        if root.path is not None and not root.path.is_dir():
+            raise StoreError(f"{where}: not a monolidar store (no zarr.json)")
+        if not root.exists("zarr.json"):
+            # A local directory exists here (checked above); a remote prefix with nothing under it is absent.
+            absent = root.path is None and root.is_empty()
+            raise StoreError(f"{where}: no such store" if absent else f"{where}: not a monolidar store (no zarr.json)")
         with _quiet_zarr():
             try:
                 # Per-array metadata is the truth (consolidated metadata is a convenience for remote readers
                 # and can lag behind a store grown after finalize).
-                group = zarr.open_group(str(path), mode=mode, use_consolidated=False)
+                group = zarr.open_group(root.zarr_store(read_only=mode == "r"), mode=mode, use_consolidated=False)
             except Exception as exc:  # zarr raises several types for unreadable metadata
-                raise StoreError(f"{path}: not a monolidar store ({type(exc).__name__}: {exc})") from None
+                raise StoreError(f"{where}: not a monolidar store ({type(exc).__name__}: {exc})") from None
             fmt = dict(group.attrs).get("monolidar")
             if not isinstance(fmt, dict) or fmt.get("format") != FORMAT_NAME:
-                raise StoreError(f"{path}: not a monolidar store (zarr group without monolidar attributes)")
-            if int(fmt.get("format_version", -1)) > FORMAT_VERSION:
-                raise StoreError(
-                    f"{path}: store format {fmt.get('format_version')} is newer than this code ({FORMAT_VERSION})"
-                )
+                raise StoreError(f"{where}: not a monolidar store (zarr group without monolidar attributes)")
+            version = int(fmt.get("format_version", -1))
+            if version > FORMAT_VERSION:
+                raise StoreError(f"{where}: store format {version} is newer than this code ({FORMAT_VERSION})")
+            if version < 2:
+                raise StoreError(f"{where}: store format {version} used a custom rgb codec that format 2 dropped; "
+                                 "rebuild the dataset (monolidar build --overwrite)")
             missing = [n for n in ARRAYS if n not in group]
             if missing:
-                raise StoreError(f"{path}: not a monolidar store (missing arrays {', '.join(missing)})")
-            return cls(path, group, mode)
+                raise StoreError(f"{where}: not a monolidar store (missing arrays {', '.join(missing)})")
+            return cls(root, group, mode)
 
     def __repr__(self) -> str:
-        return (f"DatasetStore({str(self.path)!r}, {self.height}x{self.width}, shard_size={self.shard_size}, "
+        return (f"DatasetStore({self.url!r}, {self.height}x{self.width}, shard_size={self.shard_size}, "
                 f"shards={len(self.complete_shards())}/{self.n_shards_allocated})")
 
     # ------------------------------------------------------------------ attributes
@@ -251,7 +315,7 @@ class DatasetStore:
 
     def _require_writable(self) -> None:
         if self._mode == "r":
-            raise StoreError(f"{self.path}: store opened read-only (open with mode='r+')")
+            raise StoreError(f"{self.url}: store opened read-only (open with mode='r+')")
 
     def ensure_shards(self, n_shards: int) -> None:
         """Grow every array to ``n_shards * shard_size`` samples (never shrinks). One caller at a time."""
@@ -261,7 +325,7 @@ class DatasetStore:
         n = int(n_shards) * self.shard_size
         for arr in self._arrays.values():
             arr.resize((n, *arr.shape[1:]))
-        if "consolidated_metadata" in json.loads((self.path / "zarr.json").read_text()):
+        if "consolidated_metadata" in json.loads(self.root.read_bytes("zarr.json")):
             self._consolidate()
 
     # ------------------------------------------------------------------ writing
@@ -269,86 +333,126 @@ class DatasetStore:
         unknown = sorted(set(arrays) - set(ARRAYS))
         missing = [n for n in ARRAYS if n not in arrays]
         if unknown or missing:
-            raise StoreError(f"{self.path}: shard {shard}: arrays must be exactly {', '.join(ARRAYS)} "
+            raise StoreError(f"{self.url}: shard {shard}: arrays must be exactly {', '.join(ARRAYS)} "
                              f"(missing {missing}, unknown {unknown})")
         out = {}
         for name, (dtype, shape_fn) in ARRAYS.items():
             a = np.asarray(arrays[name])
             want = (n_rows, *shape_fn(self.height, self.width))
             if a.shape != want:
-                raise StoreError(f"{self.path}: shard {shard}: array {name} has shape {a.shape}, expected {want}")
+                raise StoreError(f"{self.url}: shard {shard}: array {name} has shape {a.shape}, expected {want}")
             if a.dtype != dtype:
                 # float64 -> float32/16 is fine; floats into integer arrays would silently truncate.
                 if not np.can_cast(a.dtype, dtype, casting="same_kind"):
-                    raise StoreError(f"{self.path}: shard {shard}: array {name} has dtype {a.dtype}, expected {dtype}")
+                    raise StoreError(f"{self.url}: shard {shard}: array {name} has dtype {a.dtype}, expected {dtype}")
                 a = a.astype(dtype)
             out[name] = a
         return out
 
+    def shard_object(self, name: str, shard: int) -> str:
+        """Relative key of the object holding ``shard`` of array ``name``."""
+        return shard_object_key(name, shard, len(self._arrays[name].shape))
+
+    def shard_hashes(self, shard: int) -> dict[str, str]:
+        """sha256 of each array's stored object for ``shard`` (FileNotFoundError if one is missing)."""
+        return {name: hashlib.sha256(self.root.read_bytes(self.shard_object(name, shard))).hexdigest()
+                for name in ARRAYS}
+
     def write_shard(self, shard: int, arrays: dict[str, np.ndarray], rows: list[dict]) -> dict:
         """Write one whole shard: arrays (leading dim n_rows <= shard_size) + its n_rows manifest rows.
 
-        Order (crash-safe): delete this shard's manifest part -> write every array's shard region
+        Order (crash-safe): delete this shard's manifest part -> delete and write every array's shard region
         [shard*S, (shard+1)*S) in one assignment (rows past n_rows are padding = fill value, so a rewrite
-        with fewer rows leaves no stale samples) -> publish the manifest part atomically.
+        with fewer rows leaves no stale samples) -> hash the written shard objects -> publish the manifest part
+        (rows + hashes + this shard's plan rows) in one whole-file write.
         Same input gives byte-identical files. Returns {"shard", "n_rows", "n_ok", "manifest"}.
         """
+        from storage.plan import plan_rows_for_shard
+
         self._require_writable()
         shard = int(shard)
         if not 0 <= shard < self.n_shards_allocated:
-            raise StoreError(f"{self.path}: shard {shard} is not allocated "
+            raise StoreError(f"{self.url}: shard {shard} is not allocated "
                              f"({self.n_shards_allocated} shards; call ensure_shards first)")
         n_rows = len(rows)
         if not 1 <= n_rows <= self.shard_size:
-            raise StoreError(f"{self.path}: shard {shard}: {n_rows} rows, expected 1..{self.shard_size}")
+            raise StoreError(f"{self.url}: shard {shard}: {n_rows} rows, expected 1..{self.shard_size}")
         checked = self._check_arrays(shard, arrays, n_rows)
         sensor = str(self._group.attrs.get("sensor", ""))
         table = mf.rows_to_table(mf.normalize_rows(rows, shard=shard, shard_size=self.shard_size, sensor=sensor))
 
-        part = self.path / mf.MANIFEST_DIR / mf.part_name(shard)
-        part.unlink(missing_ok=True)
+        part = f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"
+        self.root.delete(part)
         self._parts.pop(shard, None)
         start, stop = shard * self.shard_size, (shard + 1) * self.shard_size
-        for name, a in checked.items():
-            if n_rows < self.shard_size:
-                padded = np.zeros((self.shard_size, *a.shape[1:]), dtype=a.dtype)
-                padded[:n_rows] = a
-                a = padded
-            self._arrays[name][start:stop] = a
-        mf.write_part(part, table)
+        for name in checked:
+            # The shard is rewritten whole: drop the old object first, so zarr never merges with (or trips over)
+            # what was there, e.g. a damaged shard that verify marked for repair.
+            self.root.delete(self.shard_object(name, shard))
+        with _quiet_zarr():
+            for name, a in checked.items():
+                if n_rows < self.shard_size:
+                    padded = np.zeros((self.shard_size, *a.shape[1:]), dtype=a.dtype)
+                    padded[:n_rows] = a
+                    a = padded
+                self._arrays[name][start:stop] = a
+        table = mf.with_integrity(table, shard_sha256=self.shard_hashes(shard),
+                                  plan=plan_rows_for_shard(self.root, shard))
+        mf.write_part(self.root.full(part), table)
         n_ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
-        return {"shard": shard, "n_rows": n_rows, "n_ok": n_ok, "manifest": str(part)}
+        return {"shard": shard, "n_rows": n_rows, "n_ok": n_ok, "manifest": self.root.full(part)}
+
+    def uncommit_shard(self, shard: int) -> None:
+        """Remove a shard's manifest part: readers stop seeing it and repair rebuilds it."""
+        self._require_writable()
+        self.root.delete(f"{mf.MANIFEST_DIR}/{mf.part_name(int(shard))}")
+        self._parts.pop(int(shard), None)
 
     # ------------------------------------------------------------------ reading
     def complete_shards(self) -> list[int]:
         """Shards whose manifest part exists (the commit marker), sorted."""
-        d = self.path / mf.MANIFEST_DIR
-        if not d.is_dir():
-            return []
-        shards = (mf.part_shard(p.name) for p in d.iterdir())
+        shards = (mf.part_shard(n) for n in self.root.listdir(mf.MANIFEST_DIR))
         return sorted(s for s in shards if s is not None)
 
     def _part(self, shard: int) -> pa.Table:
         if shard not in self._parts:
-            self._parts[shard] = mf.read_part(self.path / mf.MANIFEST_DIR / mf.part_name(shard))
+            rel = f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"
+            try:
+                data = self.root.read_bytes(rel)
+            except FileNotFoundError:
+                raise StoreError(f"{self.root.full(rel)}: manifest part missing") from None
+            self._parts[shard] = mf.read_part_bytes(data, self.root.full(rel))
         return self._parts[shard]
 
+    def manifest_part(self, shard: int) -> pa.Table:
+        """The manifest part of one complete shard as stored now (with its integrity metadata); StoreError if
+        missing or unreadable."""
+        self._parts.pop(int(shard), None)
+        return self._part(int(shard))
+
     def manifest(self) -> pa.Table:
-        """All rows of complete shards, sorted by index. A corrupt part raises StoreError naming the file."""
+        """All rows of complete shards, sorted by index, read afresh (other writers may have replaced parts
+        since this handle cached them). A corrupt part raises StoreError naming the file."""
+        self._parts.clear()
         return mf.merge_parts(self._part(s) for s in self.complete_shards())
 
     def _row(self, index: int) -> dict:
         shard, row = divmod(int(index), self.shard_size)
-        if not (self.path / mf.MANIFEST_DIR / mf.part_name(shard)).is_file():
-            raise StoreError(f"{self.path}: sample {index} is not in a complete shard (shard {shard})")
+        if not self.root.exists(f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"):
+            raise StoreError(f"{self.url}: sample {index} is not in a complete shard (shard {shard})")
         table = self._part(shard)
         if row >= table.num_rows:
-            raise StoreError(f"{self.path}: sample {index}: shard {shard} has only {table.num_rows} rows")
+            raise StoreError(f"{self.url}: sample {index}: shard {shard} has only {table.num_rows} rows")
         return table.slice(row, 1).to_pylist()[0]
 
     def read_arrays(self, index: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
         """Raw stored arrays of one sample (sparse stays uint16), without manifest checks."""
         return {name: self._arrays[name][int(index)] for name in names}
+
+    def read_shard_arrays(self, shard: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
+        """Every row of one shard (shard_size rows), decoded: every chunk's crc32c is checked on the way."""
+        start = int(shard) * self.shard_size
+        return {name: self._arrays[name][start:start + self.shard_size] for name in names}
 
     def read_sample(self, index: int) -> dict:
         """One sample of a complete shard: every array (``sparse`` as float32 metres, 0 = none) + ``row``."""
@@ -363,57 +467,51 @@ class DatasetStore:
         import zarr
 
         with _quiet_zarr():
-            zarr.consolidate_metadata(str(self.path))
+            zarr.consolidate_metadata(self.root.zarr_store())
 
     def finalize(self, summary: dict) -> None:
         """Record the build summary, consolidate the Zarr metadata and write the dataset card README.md."""
         self._require_writable()
         self._group.update_attributes({"summary": summary, "finalized": _now_iso()})
         self._consolidate()
-        text = render_card(self)
-        tmp = self.path / f".{CARD_NAME}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.path / CARD_NAME)
+        self.root.write_bytes(CARD_NAME, render_card(self).encode())
 
     @contextlib.contextmanager
-    def lock(self, owner: str = "") -> Iterator[Path]:
-        """Exclusive build lock: a file created with O_EXCL holding pid, host and owner.
+    def lock(self, owner: str = "") -> Iterator[Path | str]:
+        """Exclusive build lock: a file created only if absent (O_EXCL locally, a conditional PUT on object
+        storage: no renames) holding pid, host and owner.
 
         A second holder gets StoreError; a lock left by a dead process on this host is taken over. Yields the
-        lock file path; the file is removed on exit (only if it is still ours).
+        lock's path/URL; the file is removed on exit (only if it is still ours).
         """
-        lock_path = self.path / LOCK_NAME
         me = {"pid": os.getpid(), "host": socket.gethostname(), "owner": owner, "since": _now_iso()}
+        where = self.root.full(LOCK_NAME)
         for _attempt in range(3):
-            try:
-                fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = _read_lock(lock_path)
-                if holder is None:
-                    continue  # vanished or half-written by a racing taker; try again
-                if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))):
-                    lock_path.unlink(missing_ok=True)  # stale: its process is gone
-                    continue
-                raise StoreError(
-                    f"{self.path} is being built by pid {holder.get('pid')} on {holder.get('host')} "
-                    f"(lock {lock_path}); wait for it or remove the lock file if that process is gone"
-                ) from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
+            if self.root.create_exclusive(LOCK_NAME, json.dumps(me).encode()):
+                break
+            holder = _read_lock(self.root)
+            if holder is None:
+                continue  # vanished or half-written by a racing taker; try again
+            if holder.get("host") == me["host"] and not _pid_alive(int(holder.get("pid", -1))):
+                self.root.delete(LOCK_NAME)  # stale: its process is gone
+                continue
+            raise StoreError(
+                f"{self.url} is being built by pid {holder.get('pid')} on {holder.get('host')} "
+                f"(lock {where}); wait for it or remove the lock file if that process is gone"
+            ) from None
         else:
-            raise StoreError(f"{self.path}: could not take the build lock {lock_path}")
+            raise StoreError(f"{self.url}: could not take the build lock {where}")
         try:
-            yield lock_path
+            yield self.root.path / LOCK_NAME if self.root.path is not None else where
         finally:
-            holder = _read_lock(lock_path)
+            holder = _read_lock(self.root)
             if holder is not None and holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
-                lock_path.unlink(missing_ok=True)
+                self.root.delete(LOCK_NAME)
 
 
-def _read_lock(lock_path: Path) -> dict | None:
+def _read_lock(root: StoreRoot) -> dict | None:
     try:
-        return json.loads(lock_path.read_text())
+        return json.loads(root.read_bytes(LOCK_NAME))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -428,7 +526,7 @@ def store_summary(store: DatasetStore) -> dict:
     attrs = store.attrs
     complete = store.complete_shards()
     return {
-        "path": str(store.path),
+        "path": str(store.url),
         "samples": table.num_rows,
         "shards": len(complete),
         "shards_complete": complete,
@@ -450,7 +548,7 @@ def render_card(store: DatasetStore) -> str:
     s = store_summary(store)
     attrs = store.attrs
     lines = [
-        f"# monolidar dataset `{store.path.name}`",
+        f"# monolidar dataset `{store.root.name}`",
         "",
         "Depth-completion training data made from photos (DMD3C recipe): a monocular depth teacher's output,",
         "the metric depth derived from it, and a simulated LiDAR scan ray-cast against a mesh of that depth.",
@@ -473,16 +571,31 @@ def render_card(store: DatasetStore) -> str:
         lines.append(f"| `{name}` | {dtype} | {shape_fn(store.height, store.width)} | {ARRAY_DOCS[name]} |")
     lines += [
         "",
-        "## Format",
+        "## Format (readable without monolidar)",
         "",
-        f"Each array is sharded (`shards=({store.shard_size}, ...)`, chunks of {store.chunk_size} sample(s), zstd).",
-        f"`{mf.MANIFEST_DIR}/shard-NNNNN.parquet` holds one row per sample of shard NNNNN; a shard without its part",
-        "is incomplete and must be ignored. Row `index` = shard * shard_size + row addresses the arrays.",
-        "Manifest columns: " + ", ".join(f"`{n}`" for n in mf.SCHEMA.names) + ".",
+        "A standard Zarr v3 group: every array uses only the spec's codecs (`sharding_indexed`, `bytes`, `blosc`,",
+        f"`crc32c`{', `transpose`' if attrs.get('monolidar', {}).get('compression') == 'small' else ''}), so "
+        "zarr-python, tensorstore or zarr.js open it as it is:",
         "",
-        "Read with monolidar (`storage.store.DatasetStore.open`, `storage.dataset.CompletionDataset`) or plainly:",
-        "`import storage.codecs` (registers the rgb predictor codec), then `zarr.open_group(path)['rgb'][i]`",
-        "and `pyarrow.parquet.read_table(path + '/manifest')`.",
+        "```python",
+        "import zarr, pyarrow.parquet as pq",
+        f"g = zarr.open_group('{store.url}', mode='r')      # s3:// URLs work too (zarr's fsspec store)",
+        "rgb = g['rgb'][i]                                    # uint8 H x W x 3",
+        "sparse_m = g['sparse'][i] / 256.0                    # metres, 0 = no return",
+        f"rows = pq.read_table('{store.url}/manifest')     # one row per sample",
+        "```",
+        "",
+        f"Each array is sharded along the sample axis: one shard object holds {store.shard_size} samples "
+        f"(`<array>/c/<shard>/0/...`), chunks of {store.chunk_size} sample(s) inside it, each chunk blosc-compressed "
+        f"(profile `{attrs.get('monolidar', {}).get('compression', DEFAULT_COMPRESSION)}`) and followed by its crc32c.",
+        f"`{mf.MANIFEST_DIR}/shard-NNNNN.parquet` holds one row per sample of shard NNNNN and is written after the",
+        "shard's arrays: a shard without its part is incomplete and must be ignored, and rows past a part's length are",
+        "padding (zeros). Row `index` = shard * shard_size + row addresses the arrays; only rows with `status` `ok`",
+        "hold data (`quarantined`/`failed` rows are zeros and carry a `reason`).",
+        "Manifest columns: " + ", ".join(f"`{n}`" for n in mf.SCHEMA.names) + " (+ extra statistics).",
+        "Each part's Parquet metadata records the sha256 of every array's shard object (`monolidar.shard_sha256`),",
+        "a digest of its rows and the shard's build-plan rows; `monolidar verify` checks them all.",
+        "`plan.parquet` lists which input went to which shard and row, with its seed.",
         "",
         "## Teacher",
         "",

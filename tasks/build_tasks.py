@@ -74,12 +74,22 @@ def compact_teacher_output(pred: np.ndarray, height: int, width: int) -> np.ndar
 
 
 def shard_key(samples: list[dict], config: BuildConfig, teacher: dict, code_version: str) -> str:
-    """Identity of a shard's content: its planned inputs, the config, the teacher and the code version."""
+    """Identity of a shard's content: everything that changes its bytes and nothing else.
+
+    Planned inputs (id, uri, seed, row), the config, the sensor profile's *content* (editing a profile file
+    re-runs its shards; its path alone would not), the teacher (weights + preprocessing) and the code version
+    of the shard-producing modules (tasks.provenance.code_version). Inputs are identified by their planned
+    uri, as the plan does: an input deleted after its shard was built keeps its samples (reported, not
+    rebuilt); `monolidar verify --inputs` finds inputs whose content changed under the same name.
+    """
+    from tasks.provenance import sensor_profile_digest
+
     return stable_hash(
         {
             "samples": [(s["sample_id"], s["uri"], s["seed"], s["row"]) for s in samples],
             "config": config.hash(),
-            "teacher": teacher["sha256"],
+            "sensor": sensor_profile_digest(config.sensor),
+            "teacher": {k: teacher.get(k) for k in ("sha256", "output_kind", "short_side", "batch_size")},
             "code": code_version,
         },
         n=32,

@@ -19,9 +19,13 @@ keys of tasks/sensors/*.yaml) and a report out. What is fitted and how:
   return should return too; the share of such columns that are missing is the drop rate. On smooth
   surfaces (neighbour ranges within ``smooth_ratio``), near (< 30 m) and head-on (< 60 deg) it gives the
   profile's ``random`` share; binned by incidence angle (surface normal from the neighbouring columns and
-  beams) a linear rise (``grazing_deg``, ``grazing_max``), and over all such columns binned by range a linear
-  rise with range (``far_start_m``, ``far_max``), each only where the data show one. Per-beam and
-  per-azimuth missing shares are reported.
+  beams) a linear rise (``grazing_deg``, ``grazing_max``). The rise with range (``far_start_m``, ``far_max``)
+  needs more than single missing columns: far foliage and glass lose *runs* of returns, which a "both
+  neighbours return" test never sees. So a missing column counts as a drop on a surface when the beam's
+  nearest returns on both sides within ``drop_gap_deg`` agree in range (within ``drop_gap_ratio``): the run
+  lies on one surface at about that range. Binned by that range, the missing share gives a linear rise, fitted
+  only where the data show one. The report lists it per beam group too (below / at-or-above the sensor's
+  horizontal) to show whether the rise depends on the beam; per-beam and per-azimuth missing shares as well.
 * **Range noise.** Along a beam, three consecutive returns from a smooth surface have a second difference
   r[i-1] - 2 r[i] + r[i+1] that is pure noise up to curvature: sigma = 1.4826 MAD / sqrt(6), from returns
   nearer than 20 m (where the 2nd-difference of the geometry itself is small).
@@ -54,6 +58,8 @@ class FitOptions:
     noise_max_range_m: float = 20.0
     min_beam_separation_deg: float = 0.2
     min_points_per_beam: int = 8
+    drop_gap_deg: float = 5.0
+    drop_gap_ratio: float = 1.3
 
 
 @dataclass
@@ -134,6 +140,19 @@ def _azimuth_step(az_by_beam: list[np.ndarray]) -> float:
     d = d[d < 6 * first]
     mult = np.maximum(np.round(d / first), 1.0)
     return float(np.median(d / mult))
+
+
+def _bracketed(img: np.ndarray, gap_cols: int, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cells of a (beams, columns) range image (NaN = no return) whose nearest returns to the left and to the
+    right within `gap_cols` columns agree within `ratio`, and the mean of those two ranges."""
+    left = np.full_like(img, np.nan)
+    right = np.full_like(img, np.nan)
+    for k in range(gap_cols, 0, -1):  # nearest wins: written last
+        lk, rk = np.roll(img, k, axis=1), np.roll(img, -k, axis=1)
+        left = np.where(np.isfinite(lk), lk, left)
+        right = np.where(np.isfinite(rk), rk, right)
+    ok = np.isfinite(left) & np.isfinite(right) & (np.fmax(left, right) <= ratio * np.fmin(left, right))
+    return ok, (left + right) / 2
 
 
 def _linear_rise(centres: np.ndarray, rates: np.ndarray, counts: np.ndarray, base: float,
@@ -222,7 +241,8 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
 
     # Column grid per beam: range image (beams x columns), NaN = no return.
     cand_range, cand_inc, cand_missing = [], [], []
-    both_range, both_missing = [], []
+    both_range, both_missing, both_upper = [], [], []
+    gap_cols = max(1, int(round(options.drop_gap_deg / step)))
     noise_d2 = []
     missing_per_beam = np.zeros(n_beams)
     az_bins = np.zeros((n_beams, 36))
@@ -257,9 +277,11 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
         cosang = np.abs(np.einsum("ijk,ijk->ij", nrm, ray)) / (np.linalg.norm(nrm, axis=-1) * np.linalg.norm(ray, axis=-1) + 1e-12)
         inc = np.degrees(np.arccos(np.clip(cosang, 0.0, 1.0)))
         smooth[0], smooth[-1] = False, False  # no wrap across the top/bottom beam
-        both = np.isfinite(left) & np.isfinite(right)  # any surface on both sides: for the range dependence
-        both_range.append(mid[both])
+        # range dependence: runs of missing columns bracketed by one surface (module docstring)
+        both, both_mid = _bracketed(img_e, gap_cols, options.drop_gap_ratio)
+        both_range.append(both_mid[both])
         both_missing.append(~np.isfinite(img_e)[both])
+        both_upper.append(np.broadcast_to((elevations[by_el] >= 0.0)[:, None], both.shape)[both])
         cand_range.append(mid[smooth])
         cand_inc.append(np.where(np.isfinite(inc), inc, -1.0)[smooth])
         cand_missing.append(~np.isfinite(img_e)[smooth])
@@ -276,6 +298,7 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
 
     both_range = np.concatenate(both_range)
     both_missing = np.concatenate(both_missing)
+    both_upper = np.concatenate(both_upper)
 
     def binned(values: np.ndarray, edges: tuple[float, ...], sel: np.ndarray,
                missing: np.ndarray = cand_missing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -337,6 +360,10 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
         "missing_share_per_beam": [round(float(m / len(points)), 4) for m in missing_per_beam],
         "missing_share_per_azimuth_10deg": [round(float(v), 4) for v in az_bins.sum(0) / np.maximum(az_fire.sum(0), 1)],
         "drop_vs_range": {"bin_centre_m": rc.round(1).tolist(), "rate": rr.round(4).tolist(), "n": rn.astype(int).tolist()},
+        "drop_vs_range_by_beam_group": {
+            group: {"rate": rates.round(4).tolist(), "n": counts.astype(int).tolist()}
+            for group, sel in (("below_horizontal", ~both_upper), ("at_or_above_horizontal", both_upper))
+            for _, rates, counts in [binned(both_range, RANGE_BINS_M, sel, both_missing)]},
         "drop_vs_incidence": {"bin_centre_deg": ic.round(1).tolist(), "rate": ir.round(4).tolist(), "n": in_.astype(int).tolist()},
         "smooth_columns": int(cand_missing.size),
         "noise_samples": int(d2.size),

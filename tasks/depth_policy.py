@@ -111,8 +111,12 @@ def disparity_to_depth(
     seed: int,
     policy: DepthPolicy = DepthPolicy(),
     rgb: np.ndarray | None = None,
+    affine: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Metric depth (float32 metres, 0 = no surface) from one raw teacher map (H, W).
+
+    ``affine=(scale, shift)`` replaces the seeded anchors by a known map ``1/depth = scale * disp + shift``
+    (e.g. fitted to a real scan of the same photo, tasks.fidelity); sky and ``max_depth_m`` rules still apply.
 
     Returns ``(depth, info)`` with info = {"scale", "shift", "near_m", "far_m", "sky_fraction"}: for
     disparity, ``1/depth = scale * disp + shift`` on the surface pixels; for metric, the identity map and
@@ -148,7 +152,9 @@ def disparity_to_depth(
         return depth, info
     d_far = float(np.quantile(disp[surface], policy.far_quantile))
 
-    if d_near - d_far <= 1e-6 * d_near:
+    if affine is not None:
+        scale, shift = float(affine[0]), float(affine[1])
+    elif d_near - d_far <= 1e-6 * d_near:
         # No depth structure to preserve: a wall at the far anchor.
         scale, shift = 0.0, 1.0 / far_m
     else:

@@ -13,6 +13,14 @@ and the statistics are averaged over seeds. Statistics of a sparse map (``patter
   by more than ``SEE_THROUGH_RATIO`` (the LiDAR saw past an edge the camera sees);
 * ``depth_quantiles_m`` of the returns' z-depth.
 
+Teacher scale: the teacher's disparity has an unknown scale and shift, which a dataset build draws per image
+(tasks.depth_policy). That draw moves every statistic (a nearer scene returns more, higher in the image), so
+a comparison with one real scan would partly measure the draw. ``fit_disparity_alignment`` fixes scale and
+shift from the real scan itself, as depth-evaluation protocols do: least squares ``scale * disp + shift ~=
+1 / z_real`` over the pixels the scan hits, trimmed of the worst ``ALIGN_TRIM`` residuals a few times
+(edges, see-through returns and glass disagree with any single map). With it the comparison measures the
+sensor pattern on the photo's true-scale scene; without it, the seeded policy draws as a build would.
+
 ``compare`` adds the 1-Wasserstein distance between the real and the (seed-pooled) simulated depth
 distributions, and the relative error of each headline statistic with a pass/fail against ``tolerance``.
 """
@@ -38,6 +46,39 @@ SEE_THROUGH_RADIUS_PX = 3
 SEE_THROUGH_RATIO = 1.3
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 HEADLINE = ("density", "density_kitti_crop", "first_row", "rows_covered")
+ALIGN_TRIM = 0.10
+ALIGN_ITERATIONS = 3
+ALIGN_MIN_PIXELS = 20
+
+
+def fit_disparity_alignment(teacher_disp: np.ndarray, real: np.ndarray, *, trim: float = ALIGN_TRIM,
+                            iterations: int = ALIGN_ITERATIONS) -> dict[str, float]:
+    """(scale, shift) with ``scale * disp + shift ~= 1 / z_real`` on the pixels where the real sparse map has a
+    return (module docstring). Returns {"scale", "shift", "pixels", "median_abs_rel"} (median |z - z_real| /
+    z_real of the aligned depth over the pixels kept). Raises GeometryError when the scan hits too few
+    pixels with a finite teacher value or the fit says "farther = larger disparity"."""
+    disp = np.asarray(teacher_disp, dtype=np.float64)
+    real = np.asarray(real, dtype=np.float64)
+    if disp.shape != real.shape:
+        raise GeometryError(f"teacher output {disp.shape} and real map {real.shape} differ in shape")
+    m = (real > 0) & np.isfinite(disp)
+    if int(m.sum()) < ALIGN_MIN_PIXELS:
+        raise GeometryError(f"only {int(m.sum())} real returns on finite teacher pixels: too few to align the teacher")
+    A = np.stack([disp[m], np.ones(int(m.sum()))], axis=1)
+    y = 1.0 / real[m]
+    keep = np.ones(len(y), dtype=bool)
+    for k in range(iterations + 1):
+        scale, shift = np.linalg.lstsq(A[keep], y[keep], rcond=None)[0]
+        if k < iterations:
+            res = np.abs(A @ (scale, shift) - y)
+            keep = res <= np.quantile(res, 1.0 - trim)
+    if not scale > 0:
+        raise GeometryError(f"teacher alignment to the real scan gave scale {scale:.3g} <= 0 (farther = larger disparity)")
+    inv = A[keep] @ (scale, shift)
+    ok = inv > 0
+    rel = np.abs(1.0 / inv[ok] - real[m][keep][ok]) / real[m][keep][ok]
+    return {"scale": float(scale), "shift": float(shift), "pixels": int(keep.sum()),
+            "median_abs_rel": round(float(np.median(rel)), 4) if rel.size else float("nan")}
 
 
 def project_sweep(points_lidar: np.ndarray, cam_from_lidar: np.ndarray, K: np.ndarray, height: int,
@@ -89,15 +130,20 @@ def pattern_summary(sparse: np.ndarray, *, crop: tuple[int, int] = KITTI_CROP, b
 def simulate_on_photo(teacher_output: np.ndarray, K: np.ndarray, profile: SensorProfile, *, seeds: Sequence[int],
                       teacher_kind: str = "disparity", policy: DepthPolicy = DepthPolicy(),
                       mesh_options: MeshOptions | None = None, backend: str = "fast",
-                      see_through: bool = False, rgb: np.ndarray | None = None) -> list[np.ndarray]:
+                      see_through: bool = False, rgb: np.ndarray | None = None,
+                      alignment: dict[str, float] | None = None) -> list[np.ndarray]:
     """One simulated sparse map per seed, as a dataset build makes it at this resolution; `rgb` (the photo)
-    lets the depth policy refine the sky (tasks.depth_policy)."""
+    lets the depth policy refine the sky (tasks.depth_policy). `alignment` ({"scale", "shift"} from
+    ``fit_disparity_alignment``, for a disparity teacher) replaces the seeded scale draw; the seeds then
+    vary only the sensor (mount jitter, phase, drops, noise)."""
     if not seeds:
         raise GeometryError("simulate_on_photo needs at least one seed")
     options = mesh_options or MeshOptions(max_depth_m=policy.max_depth_m)
     out = []
     for seed in seeds:
-        depth, _ = disparity_to_depth(teacher_output, kind=teacher_kind, seed=int(seed), policy=policy, rgb=rgb)
+        affine = None if alignment is None else (alignment["scale"], alignment["shift"])
+        depth, _ = disparity_to_depth(teacher_output, kind=teacher_kind, seed=int(seed), policy=policy, rgb=rgb,
+                                      affine=affine)
         scan = simulate_lidar(depth, K, profile, seed=int(seed), backend=backend, mesh_options=options,
                               see_through=see_through)
         out.append(scan.sparse)

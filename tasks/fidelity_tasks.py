@@ -13,7 +13,7 @@ import numpy as np
 from prefect import task
 
 from tasks.errors import InputError
-from tasks.fidelity import compare, project_sweep, side_by_side, simulate_on_photo
+from tasks.fidelity import compare, fit_disparity_alignment, project_sweep, side_by_side, simulate_on_photo
 from tasks.sensors import SensorProfile, load_profile, parse_profile
 
 
@@ -53,9 +53,15 @@ def _profile(sensor: str | None, scan: str | None, calib: str | None, camera: st
 def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | None = None,
                     reference_depth: str | None = None, intrinsics: str | None = None, sensor: str | None = None,
                     seeds: int = 8, seed: int = 0, teacher: str | None = None, out: str | None = None,
-                    camera: str | None = None, tolerance: float = 0.10, see_through: bool = False) -> dict[str, Any]:
+                    camera: str | None = None, tolerance: float = 0.10, see_through: bool = False,
+                    align: bool = True) -> dict[str, Any]:
     """Real pattern (a sweep + calibration, or a KITTI depth PNG as a proxy) vs the simulated one on the
-    photo; writes report.json and side_by_side.png into `out` when given. Returns the report."""
+    photo; writes report.json and side_by_side.png into `out` when given. Returns the report.
+
+    align (default): the teacher's scale and shift are fitted to the real pattern (tasks.fidelity
+    .fit_disparity_alignment) so the headline figures measure the sensor, not the depth policy's random
+    draw; the policy-drawn comparison is reported beside it under "policy_draw". align=False: the
+    policy's draw alone, as a dataset build makes it."""
     from model.teacher import Teacher
     from storage.lidar_scans import read_calib, read_scan
     from storage.pngio import read_depth_png
@@ -89,10 +95,25 @@ def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | 
     profile = _profile(sensor, scan, calib, camera)
     t = Teacher(teacher)
     disp = t.predict(rgb[None])[0]
+    kind = t.output_kind
     seed_list = [seed + k for k in range(seeds)]
-    sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=t.output_kind,
-                            see_through=see_through, rgb=rgb)
-    report = compare(real, sims, tolerance=tolerance, real_is_proxy=reference_depth is not None)
+    proxy = reference_depth is not None
+    policy_sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=kind,
+                                    see_through=see_through, rgb=rgb)
+    policy_report = compare(real, policy_sims, tolerance=tolerance, real_is_proxy=proxy)
+    if align:
+        if kind == "metric":  # align in inverse depth, the metric teacher's "disparity"
+            disp = np.where(np.isfinite(disp) & (disp > 0), 1.0 / np.where(disp > 0, disp, 1.0), 0.0)
+            kind = "disparity"
+        alignment = fit_disparity_alignment(disp, real)
+        sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=kind, see_through=see_through,
+                                 rgb=rgb, alignment=alignment)
+        report = compare(real, sims, tolerance=tolerance, real_is_proxy=proxy)
+        report.update(teacher_scale="aligned to the reference", alignment=alignment,
+                      policy_draw={k: policy_report[k] for k in ("stats", "wasserstein_m", "passed")})
+    else:
+        sims, report = policy_sims, policy_report
+        report.update(teacher_scale="depth policy draw")
     report.update(image=str(image), sensor=profile.name, sensor_source=str(profile.source or "fitted"),
                   teacher_sha256=t.sha256, seed_list=seed_list, **source)
     if out:

@@ -209,8 +209,14 @@ def _read(path: Path) -> SensorProfile:
 
 
 @lru_cache(maxsize=64)
-def _load_cached(key: str) -> SensorProfile:
+def _load_cached(key: str, stamp: tuple[int, int] = (0, 0)) -> SensorProfile:
+    # stamp = (mtime_ns, size) of the file: an edited profile is re-read, never served stale from the cache.
     return _read(Path(key))
+
+
+def _load_fresh(path: Path) -> SensorProfile:
+    st = path.stat()
+    return _load_cached(str(path), (st.st_mtime_ns, st.st_size))
 
 
 def load_profile(name_or_path: str | Path) -> SensorProfile:
@@ -222,8 +228,8 @@ def load_profile(name_or_path: str | Path) -> SensorProfile:
     if looks_like_path:
         if not as_path.is_file():
             raise GeometryError(f"{as_path}: sensor profile file not found")
-        return _load_cached(str(as_path.resolve()))
+        return _load_fresh(as_path.resolve())
     builtin = PROFILE_DIR / f"{text}.yaml"
     if not builtin.is_file():
         raise GeometryError(f"unknown sensor profile {text!r}; known: {', '.join(list_profiles())} (or a path to a .yaml/.toml file)")
-    return _load_cached(str(builtin))
+    return _load_fresh(builtin)

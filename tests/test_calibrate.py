@@ -10,7 +10,7 @@ import yaml
 
 from flows.cli import main
 from storage.lidar_scans import read_calib, read_scan
-from tasks.calibrate import cluster_elevations, fit_profile, mount_from_pose
+from tasks.calibrate import RANGE_BINS_M, FitOptions, cluster_elevations, fit_profile, mount_from_pose
 from tasks.errors import GeometryError, InputError
 from tasks.lidar import sensor_pose
 from tasks.sensors import load_profile, parse_profile
@@ -21,9 +21,10 @@ NUS_CALIB = FIX / "nuscenes_front_calib.json"
 KITTI_CALIB = FIX / "kitti_2011_09_26_calib.txt"
 
 
-def synthetic_sweep(elevations, *, step=0.4, drop=0.05, noise=0.02, seed=0, markers=True):
+def synthetic_sweep(elevations, *, step=0.4, drop=0.05, noise=0.02, seed=0, markers=True, wall_runs=0):
     """A spinning sensor 1.8 m above flat ground inside a round wall of radius 25 m (every firing kept;
-    misses as zero points when `markers`), with random drops and Gaussian range noise."""
+    misses as zero points when `markers`), with random drops and Gaussian range noise; `wall_runs` > 0 also
+    loses every third run of that many columns on the wall (far foliage / glass)."""
     rng = np.random.default_rng(seed)
     az = np.radians(np.arange(0.0, 360.0, step))
     el = np.radians(np.asarray(elevations, dtype=np.float64))
@@ -34,6 +35,9 @@ def synthetic_sweep(elevations, *, step=0.4, drop=0.05, noise=0.02, seed=0, mark
     wall_ok = np.abs(1.8 + r_wall * d[..., 2]) < 1.8 + 6.0  # the wall is 6 m tall above the ground
     r = np.minimum(r_ground, np.where(wall_ok, r_wall, np.inf))
     hit = np.isfinite(r) & (rng.random(r.shape) >= drop)
+    if wall_runs:
+        on_wall = np.isfinite(r_wall) & wall_ok & (r_wall < r_ground)
+        hit &= ~(on_wall & ((np.arange(len(az)) // wall_runs) % 3 == 0)[None, :])
     r = r + rng.normal(0.0, noise, r.shape)
     pts = np.where(hit[..., None], d * r[..., None], 0.0)
     ring = np.broadcast_to(np.arange(len(el))[:, None], hit.shape)
@@ -185,6 +189,25 @@ def test_fit_recovers_a_known_sensor():
     assert fit2.report["elevation_method"] == "elevation clustering"
 
 
+def test_runs_of_lost_returns_on_a_far_surface_give_a_range_rise():
+    """A third of the wall (25 m) loses runs of 6 columns (2.4 deg): no column there has both neighbours,
+    but the runs are bracketed by the wall's returns within drop_gap_deg, so the fit sees a rise with range
+    from the ground's random level; the report splits it by beam group."""
+    truth = np.array([-24.0, -18.5, -14.0, -10.3, -7.0, -4.6, -2.9, -1.6, -0.5, 0.5, 1.6, 3.0])
+    pts, ring = synthetic_sweep(truth, step=0.4, drop=0.02, noise=0.01, wall_runs=6)
+    fit = fit_profile([pts], [ring], None, name="runs")
+    d, rep = fit.profile["drop"], fit.report
+    assert d["random"] == pytest.approx(0.02, abs=0.01)
+    assert d["far_start_m"] < 25.0 and d["far_max"] > 0.3
+    wall_bin = RANGE_BINS_M.index(20.0)  # the 20-30 m bin holds the wall
+    assert rep["drop_vs_range"]["rate"][wall_bin] == pytest.approx(0.02 + 0.98 / 3, abs=0.05)
+    upper = rep["drop_vs_range_by_beam_group"]["at_or_above_horizontal"]
+    assert upper["rate"][wall_bin] == pytest.approx(0.02 + 0.98 / 3, abs=0.06) and upper["n"][0] == 0
+    # a bracket limit below the run length sees no rise at all: the runs are invisible to it
+    narrow = fit_profile([pts], [ring], None, name="x", options=FitOptions(drop_gap_deg=0.4))
+    assert "far_max" not in narrow.profile["drop"]
+
+
 def test_cluster_elevations_separates_close_beams():
     rng = np.random.default_rng(0)
     truth = np.array([-8.0, -7.6, -7.2, -6.9, -6.5])  # 0.3-0.4 deg apart, like the HDL-64E's upper block
@@ -222,6 +245,8 @@ def test_shipped_hdl32e_is_the_fit_of_the_shared_sweep(shared_data):
     np.testing.assert_allclose(shipped.elevations_deg, fit.profile["elevations_deg"], atol=1e-4)
     assert max(abs(d) for d in fit.report["elevation_minus_ring_mean_deg"]) <= 0.2
     assert shipped.azimuth_step_deg == pytest.approx(360.0 / 1084, rel=1e-5)
+    for key, value in fit.profile["drop"].items():  # drops as fitted (run-aware range rise)
+        assert shipped.drop[key] == pytest.approx(value), key
 
 
 def test_calibrate_sensor_cli(tmp_path, capsys):

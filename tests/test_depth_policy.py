@@ -47,6 +47,19 @@ def test_affine_disparity_recovered_up_to_the_policy():
     assert depth.max() <= policy.max_depth_m
 
 
+def test_known_affine_replaces_the_seeded_anchors():
+    """affine=(scale, shift) (e.g. fitted to a real scan) gives the true scene back; sky and max depth rules
+    still apply, and the seed no longer matters."""
+    gt = street_scene()
+    disp = 7.3 / gt
+    a, info = disparity_to_depth(disp, seed=1, affine=(1 / 7.3, 0.0))
+    b, _ = disparity_to_depth(disp, seed=2, affine=(1 / 7.3, 0.0))
+    assert a.tobytes() == b.tobytes() and (info["scale"], info["shift"]) == (1 / 7.3, 0.0)
+    keep = np.isfinite(gt) & (gt <= DepthPolicy().max_depth_m)
+    np.testing.assert_allclose(a[keep], gt[keep], rtol=1e-5)
+    assert (a[~keep] == 0).all()
+
+
 def test_invariant_to_the_teachers_scale_and_shift():
     gt = street_scene()
     base = 1.0 / gt

@@ -1,9 +1,10 @@
-"""A real Prefect server on 127.0.0.1: deploy prefect.yaml, press "Run" through the API, watch it complete."""
+"""README's manual Prefect recipe, step by step in fresh shells (no PREFECT_API_URL in the environment; it is
+set once with `prefect config set`), against a real server on 127.0.0.1: deploy prefect.yaml, press "Run"
+through the API, watch it complete."""
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +14,12 @@ import httpx
 import pytest
 
 from storage.store import DatasetStore
-from tests.test_build_flow import SMALL
+from tests.helpers import SMALL_BUILD, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = [sys.executable, "-m", "prefect"]
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
@@ -51,12 +46,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 def test_deploy_and_run_build_through_the_api(tmp_path, small_images, tiny_teacher_onnx):
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")},
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "PREFECT_API_URL": api,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -73,6 +67,9 @@ def test_deploy_and_run_build_through_the_api(tmp_path, small_images, tiny_teach
     try:
         _wait_healthy(api, server)
         run = dict(env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+        # Stored in the profile, so every later shell (and the worker) finds the server.
+        r = subprocess.run(PREFECT + ["config", "set", f"PREFECT_API_URL={api}"], **run)
+        assert r.returncode == 0, r.stdout + r.stderr
         r = subprocess.run(PREFECT + ["work-pool", "create", "monolidar-pool", "--type", "process"], **run)
         assert r.returncode == 0, r.stdout + r.stderr
         r = subprocess.run(PREFECT + ["--no-prompt", "deploy", "--all"], **run)
@@ -90,7 +87,7 @@ def test_deploy_and_run_build_through_the_api(tmp_path, small_images, tiny_teach
         )
         store = tmp_path / "from-ui.zarr"
         # What the UI's "Run -> Custom run" button sends: a flow run created from the deployment.
-        params = {"images": str(small_images), "out": str(store), "teacher": str(tiny_teacher_onnx), **SMALL}
+        params = {"images": str(small_images), "out": str(store), "teacher": str(tiny_teacher_onnx), **SMALL_BUILD}
         fr = httpx.post(f"{api}/deployments/{build['id']}/create_flow_run", json={"parameters": params},
                         timeout=30)
         assert fr.status_code in (200, 201), fr.text

@@ -400,3 +400,19 @@ def test_dataloader_with_two_workers_and_shard_sampler(tmp_path):
             seen.append(index)
             torch.testing.assert_close(batch["depth"][j, 0], torch.from_numpy(expected["depth"][index]))
     assert sorted(seen) == sorted(ds.indices.tolist())
+
+
+def test_format_1_store_asks_for_a_rebuild(tmp_path):
+    import json
+
+    new_store(tmp_path / "ds")
+    meta = json.loads((tmp_path / "ds" / "zarr.json").read_text())
+    meta["attributes"]["monolidar"]["format_version"] = 1  # the custom-codec format
+    (tmp_path / "ds" / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match=f"{tmp_path / 'ds'}: store format 1 used a custom rgb codec.*rebuild"):
+        DatasetStore.open(tmp_path / "ds")
+
+
+def test_unknown_compression_profile_is_refused(tmp_path):
+    with pytest.raises(StoreError, match="unknown compression 'tiny'; expected one of balanced, small"):
+        new_store(tmp_path / "ds", compression="tiny")

