@@ -4,7 +4,6 @@ build-dataset: validate teacher -> discover inputs -> append-only plan (stored i
 ``teacher -> write`` -> finalize (consolidated metadata, dataset card, summary, artifacts).
 repair-shards: re-run, from the stored plan and config, only the shards that are missing or hold failed rows.
 """
-from __future__ import annotations
 
 import sys
 import time

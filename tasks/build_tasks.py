@@ -15,6 +15,7 @@ task is an idempotent, seeded unit (Kubric style): a rerun after a crash recompu
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 
 import numpy as np
@@ -217,5 +218,7 @@ def write_shard(
 ) -> dict:
     """Simulate every planned sample of the shard and write the shard whole (arrays, then manifest), in the
     simulation pool when ``sim_workers`` > 0 (see tasks.sim_pool), else in this process."""
+    # Pool workers keep the working directory they were started in: hand them absolute local paths.
+    store_path, cache_dir = (p if "://" in p else os.path.abspath(p) for p in (store_path, cache_dir))
     return run_in_pool(sim_workers, simulate_and_write_shard, store_path, cache_dir, shard, samples,
                        teacher_result["inputs"], config, teacher, key)
