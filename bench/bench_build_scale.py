@@ -137,7 +137,7 @@ def simulated_plan(n: int, shard_size: int) -> None:
 
     from storage.plan import read_plan, write_plan
     from tasks.build_config import BuildConfig
-    from tasks.build_summary import mean_ok_density, shard_state, status_counts
+    from storage.manifest_summary import mean_ok_density, shard_state, status_counts
     from tasks.build_tasks import shard_key
     from tasks.planning import InputImage, plan_shards
 

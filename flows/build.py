@@ -26,7 +26,7 @@ from storage.plan import read_plan, write_plan
 from storage.root import StoreRoot, is_remote
 from storage.store import DatasetStore
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, Backend, BuildConfig, SensorName
-from tasks.build_summary import mean_ok_density, shard_state, status_counts
+from storage.manifest_summary import mean_ok_density, shard_state, status_counts
 from tasks.build_tasks import register_teacher, shard_key, teacher_shard, write_shard
 from tasks.sim_pool import default_workers
 from tasks.errors import InputError, StoreError

@@ -1,5 +1,5 @@
 """Summaries of a build's manifest table, computed column-wise with Arrow (no per-row Python objects), so
-planning and finalizing stay a few seconds at a million samples (timed by bench/bench_build_scale.py)."""
+planning and finalizing stay a few seconds at a million samples (timed by bench/bench_build_scale.py). Lives in storage/: only storage reads Arrow tables."""
 from __future__ import annotations
 
 import pyarrow as pa
