@@ -140,8 +140,9 @@ def test_repair_reruns_only_missing_shards_and_is_idempotent(prefect_harness, sm
 def test_same_inputs_give_identical_shards_with_any_runner(prefect_harness, small_images, tiny_teacher_onnx,
                                                            tmp_path):
     runs = {
-        "thread1": dict(runner="thread", workers=1),
+        "thread1": dict(runner="thread", workers=1),  # shards written by the simulation process pool
         "thread3": dict(runner="thread", workers=3),
+        "thread2-inline": dict(runner="thread", workers=2, sim_workers=0),  # written in the task threads
         "process2": dict(runner="process", workers=2),
         "dask2": dict(runner="dask", workers=2),
     }
@@ -205,7 +206,8 @@ def test_teacher_cache_survives_a_process_restart(prefect_harness, small_images,
     import sys
 
     run_build(small_images, tmp_path / "first.zarr", tiny_teacher_onnx)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": "",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # a loaded CI box starts it slowly
     cmd = [sys.executable, "-m", "flows.cli", "build", "--quiet", "--images", str(small_images), "--out",
            str(tmp_path / "second.zarr"), "--teacher", str(tiny_teacher_onnx), "--sensor", "os1_64",
            *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]
