@@ -137,6 +137,7 @@ def test_repair_reruns_only_missing_shards_and_is_idempotent(prefect_harness, sm
     assert shard_bytes(store) == ref_bytes
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_same_inputs_give_identical_shards_with_any_runner(prefect_harness, small_images, tiny_teacher_onnx,
                                                            tmp_path):
     runs = {
@@ -200,6 +201,7 @@ def test_transient_io_errors_are_retried(prefect_harness, small_images, tiny_tea
     assert max(calls.values()) >= 2
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_teacher_cache_survives_a_process_restart(prefect_harness, small_images, tiny_teacher_onnx, tmp_path):
     import os
     import subprocess

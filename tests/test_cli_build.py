@@ -9,6 +9,7 @@ from flows.cli import main as cli_main
 from model.teacher import DEFAULT_TEACHER
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_build_without_arguments_makes_the_demo_dataset(prefect_harness, tmp_path, monkeypatch, capsys):
     """The README's first command: shipped images, embedded teacher, KITTI-sized canvas."""
     if not DEFAULT_TEACHER.is_file():

@@ -9,6 +9,8 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 import numpy as np
 
 from flows.build import repair_dataset
@@ -43,6 +45,7 @@ CHILD = textwrap.dedent(
 ).replace("{SMALL!r}", repr(SMALL))
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_kill9_mid_shard_write_then_repair(prefect_harness, small_images, tiny_teacher_onnx, tmp_path):
     store = tmp_path / "killed.zarr"
     ready = tmp_path / "ready"
