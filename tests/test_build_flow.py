@@ -1,7 +1,6 @@
 """The build / repair flows: real Prefect flow runs, a real ONNX teacher, real ray casting, real Zarr shards."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,36 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.build import build_dataset, repair_dataset
+from flows.build import repair_dataset
 from flows.cli import main as cli_main
-from flows.cli_build import make_task_runner
 from storage.store import DatasetStore
 from tasks.errors import StoreError, TeacherError
-
-SMALL = dict(height=96, width=320, shard_size=2, previews=1)
-
-
-def run_build(images, out, teacher, runner="thread", workers=2, **kw):
-    params = {**SMALL, **kw}
-    flow = build_dataset.with_options(task_runner=make_task_runner(runner, workers))
-    return flow(images=str(images), out=str(out), teacher=str(teacher), **params)
-
-
-def shard_bytes(store_path: Path) -> dict[str, str]:
-    """sha256 of every array chunk/shard file and manifest part (what a reader consumes)."""
-    out = {}
-    for p in sorted(Path(store_path).rglob("*")):
-        rel = p.relative_to(store_path).as_posix()
-        if p.is_file() and (rel.startswith("manifest/") or "/c/" in rel):
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def arrays_of(store_path: Path) -> dict[str, np.ndarray]:
-    store = DatasetStore.open(store_path)
-    idx = [int(i) for i in store.manifest().column("index").to_pylist()]
-    return {i: store.read_arrays(i) for i in idx}
-
+from tests.helpers import SMALL, arrays_of, run_build, shard_bytes
 
 @pytest.fixture
 def bad_images(small_images, tmp_path) -> Path:

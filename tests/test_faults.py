@@ -15,7 +15,7 @@ import numpy as np
 
 from flows.build import repair_dataset
 from storage.store import LOCK_NAME, DatasetStore
-from tests.test_build_flow import SMALL, arrays_of, run_build, shard_bytes
+from tests.helpers import SMALL, arrays_of, run_build, shard_bytes
 
 # Runs the real build (default runner: shards are written by the spawned simulation processes) in a child
 # process; when shard 1's arrays are written and its manifest part (the commit marker) is about to be

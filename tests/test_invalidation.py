@@ -87,7 +87,7 @@ def test_shard_key_follows_plan_teacher_config_and_code(tmp_path):
 def test_editing_a_profile_reruns_its_shards_and_nothing_else_does(prefect_harness, small_images, tiny_teacher_onnx,
                                                                    tmp_path):
     """The issue's scenario: build with --sensor my.yaml, edit my.yaml (16 -> 64 beams), build again."""
-    from tests.test_build_flow import run_build, shard_bytes
+    from tests.helpers import run_build, shard_bytes
 
     profile = tmp_path / "my.yaml"
     profile.write_text((PROFILE_DIR / "vlp16.yaml").read_text())

@@ -12,7 +12,7 @@ import model.teacher as teacher_mod
 from flows.cli import main
 from flows.cli_teacher import output_stems, parse_providers
 from tasks.images import colorize, load_image
-from tests.test_teacher import _TinyConv, export_torch
+from tests.helpers import _TinyConv, export_torch
 
 
 @pytest.fixture(scope="module")
