@@ -72,14 +72,9 @@ def _read_list(spec: str) -> list[InputImage]:
     import fsspec
 
     if spec.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        from storage.plan import read_input_uris
 
-        with fsspec.open(spec, "rb") as f:
-            table = pq.read_table(f)
-        col = next((c for c in ("uri", "path", "url") if c in table.column_names), None)
-        if col is None:
-            raise InputError(f"{spec}: Parquet input list needs a 'uri' column (has {table.column_names})")
-        uris = [u for u in table.column(col).to_pylist() if u]
+        uris = read_input_uris(spec)
     else:
         with fsspec.open(spec, "rt") as f:
             uris = [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
