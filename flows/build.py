@@ -1,10 +1,9 @@
 """Dataset build and repair flows (wiring only; the work is in ``tasks.build_tasks``).
 
 build-dataset: validate teacher -> discover inputs -> append-only plan (stored in the dataset) -> per shard
-``prepare -> teacher -> write`` -> finalize (consolidated metadata, dataset card, summary, artifacts).
+``teacher -> write`` -> finalize (consolidated metadata, dataset card, summary, artifacts).
 repair-shards: re-run, from the stored plan and config, only the shards that are missing or hold failed rows.
 """
-from __future__ import annotations
 
 import sys
 import time
@@ -26,8 +25,10 @@ from storage.cache import ArrayCache, default_cache_dir
 from storage.plan import read_plan, write_plan
 from storage.root import StoreRoot, is_remote
 from storage.store import DatasetStore
-from tasks.build_config import BuildConfig
-from tasks.build_tasks import prepare_shard, register_teacher, shard_key, teacher_shard, write_shard
+from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, Backend, BuildConfig, SensorName
+from storage.manifest_summary import mean_ok_density, shard_state, status_counts
+from tasks.build_tasks import register_teacher, shard_key, teacher_shard, write_shard
+from tasks.sim_pool import default_workers
 from tasks.errors import InputError, StoreError
 from tasks.planning import discover_inputs, plan_shards
 from tasks.provenance import code_version
@@ -49,30 +50,35 @@ def load_validated_teacher(teacher: str | None, *, batch_size: int, threads: int
 
 def _shard_state(store: DatasetStore) -> dict[int, dict]:
     """{shard: {"key": shard_key, "failed": n}} for the complete shards of a store."""
-    state: dict[int, dict] = {}
-    table = store.manifest()
-    if table.num_rows == 0:
-        return state
-    cols = table.select([c for c in ("shard", "status", "shard_key") if c in table.column_names]).to_pylist()
-    for r in cols:
-        s = state.setdefault(int(r["shard"]), {"key": r.get("shard_key"), "failed": 0})
-        s["failed"] += r["status"] == "failed"
-    return state
+    return shard_state(store.manifest())
+
+
+def resolve_sim_workers(sim_workers: int | None) -> int:
+    """Simulation processes for this flow run: as asked, or (None) one per core when the flow's task runner
+    is a thread pool; 0 under the process and Dask runners, whose tasks already run in worker processes."""
+    if sim_workers is not None:
+        return max(0, int(sim_workers))
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    runner = getattr(ctx, "task_runner", None) if ctx else None
+    return default_workers() if isinstance(runner, ThreadPoolTaskRunner) else 0
 
 
 def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict]], cfg: BuildConfig,
-                teacher: dict, *, progress: bool) -> list[dict]:
-    """Submit one prepare -> teacher -> write chain per shard; collect small per-shard summaries."""
+                teacher: dict, *, sim_workers: int, progress: bool) -> list[dict]:
+    """Submit one teacher -> write chain per shard; collect small per-shard summaries. Chains are submitted
+    in shard order, so the teacher works on shard k+1 while the simulation pool writes shard k."""
     logger = get_run_logger()
     code = code_version()
     cfg_d = cfg.to_dict()
     futures = {}
     for shard, samples in shards.items():
         key = shard_key(samples, cfg, teacher, code)
-        prep = prepare_shard.with_options(task_run_name=f"prepare-shard-{shard:05d}").submit(cache_dir, samples, cfg_d)
-        tout = teacher_shard.with_options(task_run_name=f"teacher-shard-{shard:05d}").submit(cache_dir, prep, teacher)
+        tout = teacher_shard.with_options(task_run_name=f"teacher-shard-{shard:05d}").submit(
+            cache_dir, samples, cfg_d, teacher)
         fut = write_shard.with_options(task_run_name=f"write-shard-{shard:05d}").submit(
-            str(store.path), cache_dir, shard, samples, prep, tout, cfg_d, teacher, key
+            str(store.path), cache_dir, shard, samples, tout, cfg_d, teacher, key, sim_workers
         )
         futures[fut] = (shard, tout)
     bar = None
@@ -99,7 +105,7 @@ def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict
         results.append(res)
         if bar is not None:
             bar.update(len(shards[shard]))
-        if artifact is not None:
+        if artifact is not None and (done == len(futures) or done % max(1, len(futures) // 100) == 0):
             update_progress_artifact(artifact, 100.0 * done / len(futures))
     if bar is not None:
         bar.close()
@@ -111,20 +117,23 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
     from tasks.previews import write_previews
 
     table = store.manifest()
-    rows = table.to_pylist() if table.num_rows else []
-    status = {st: sum(r["status"] == st for r in rows) for st in ("ok", "quarantined", "failed")}
-    dens = [r["lidar_density"] for r in rows if r["status"] == "ok" and r.get("lidar_density") is not None]
+    status = status_counts(table)
     failed_shards = [r["shard"] for r in results if r.get("failed_shard")]
+    written = sum(r.get("n_rows", 0) for r in results if not r.get("failed_shard"))
     summary = {
         "store": str(store.path),
-        "samples": len(rows),
+        "samples": table.num_rows,
         "status": status,
         "shards_complete": len(store.complete_shards()),
         "shards_planned": store.n_shards_allocated,
         "shards_run": len(results),
+        "task_runs": 2 * len(results),  # one teacher + one write task per shard
         "failed_shards": failed_shards,
         "teacher_computed": int(sum(r.get("teacher_computed", 0) for r in results)),
-        "lidar_density_mean": float(sum(dens) / len(dens)) if dens else 0.0,
+        # CPU seconds per written sample in the shard writers (decode, simulate, encode, write), teacher excluded
+        "write_cpu_ms_per_sample": round(1000 * sum(r.get("cpu_s", 0.0) for r in results) / written, 2)
+        if written else 0.0,
+        "lidar_density_mean": mean_ok_density(table),
         "teacher_sha256": teacher["sha256"],
         "sensor": cfg.sensor,
         "code_version": code_version(),
@@ -155,26 +164,35 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
     return summary
 
 
-@flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def default_thread_workers() -> int:
+    """Threads of the default task runner: one per simulation process, plus the teacher, plus one spare so a
+    finished shard's bookkeeping never waits for a thread."""
+    return default_workers() + 2
+
+
+@flow(name="build-dataset", task_runner=ThreadPoolTaskRunner(max_workers=default_thread_workers()),
+      log_prints=True)
 @readable_failures
 def build_dataset(
     images: str = str(DEMO_IMAGES),
     out: str = DEFAULT_OUT,
     teacher: str | None = None,
-    sensor: str = "hdl64e_kitti",
-    samples_per_image: int = 1,
-    shard_size: int = 8,
-    seed: int = 0,
-    height: int = 352,
-    width: int = 1216,
-    fx: float | None = None,
-    backend: str = "fast",
-    see_through: bool = False,
-    teacher_batch_size: int = 4,
+    sensor: SensorName = BUILD_DEFAULTS.sensor,
+    sensor_file: str | None = None,
+    samples_per_image: int = BUILD_DEFAULTS.samples_per_image,
+    shard_size: int = BUILD_DEFAULTS.shard_size,
+    seed: int = BUILD_DEFAULTS.seed,
+    height: int = BUILD_DEFAULTS.height,
+    width: int = BUILD_DEFAULTS.width,
+    fx: float | None = BUILD_DEFAULTS.fx,
+    backend: Backend = BUILD_DEFAULTS.backend,
+    see_through: bool = BUILD_DEFAULTS.see_through,
+    teacher_batch_size: int = RUN_DEFAULTS.teacher_batch_size,
     teacher_threads: int | None = None,
+    sim_workers: int | None = RUN_DEFAULTS.sim_workers,
     cache_dir: str | None = None,
     overwrite: bool = False,
-    previews: int = 4,
+    previews: int = RUN_DEFAULTS.previews,
     progress: bool = False,
 ) -> dict:
     """Build (or grow) a sharded Zarr depth-completion dataset from photos.
@@ -183,30 +201,34 @@ def build_dataset(
         images: folder (recursive), glob, or .parquet/.txt list of image URIs; local or fsspec (s3://, gs://…).
         out: dataset store path (a Zarr v3 group); re-running on an existing store adds only new inputs.
         teacher: ONNX depth model (Depth Anything V2 I/O); empty = the embedded default teacher.
-        sensor: LiDAR profile name (hdl64e_kitti, vlp16, vlp32c, os1_64, os1_128, livox_avia) or a profile file.
+        sensor: built-in LiDAR profile (HDL-64E as in KITTI, Velodyne VLP-16/32C, Ouster OS1-64/128, Livox Avia).
+        sensor_file: a LiDAR profile file (.yaml/.toml) to use instead of a built-in one; empty = use `sensor`.
         samples_per_image: variants per image, each with its own seed (depth scale, sensor jitter, noise).
-        shard_size: samples per shard = the unit one task writes whole.
+        shard_size: samples per shard = the unit one task writes whole (64: shard files of tens of MB).
         seed: global seed; per-sample seeds are hash(seed, sample id).
         height: canvas rows (KITTI crop: 352).
         width: canvas columns (KITTI crop: 1216).
         fx: canvas focal length in pixels; empty = KITTI-like field of view.
         backend: ray caster: fast (default), embree (reference) or pyrender (raster).
         see_through: keep LiDAR returns hidden from the camera behind foreground edges, like real KITTI input.
-        teacher_batch_size: images per teacher batch.
+        teacher_batch_size: images per teacher batch (fixed; the last batch of a shard is padded).
         teacher_threads: onnxruntime intra-op threads per session; empty = onnxruntime's default.
-        cache_dir: teacher/canvas Zarr cache; empty = ``.monolidar-cache`` beside the store.
+        sim_workers: simulation processes beside the teacher; empty = one per CPU core (thread runner) or
+            none (process/Dask runners, whose workers are processes already); 0 = simulate in the task thread.
+        cache_dir: teacher-output cache; empty = ``.monolidar-cache`` beside the store.
         overwrite: delete an existing store built with another configuration instead of refusing.
         previews: number of preview images written into the store and attached as an artifact.
         progress: show a progress bar on stderr.
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
-    cfg = BuildConfig(height=height, width=width, fx=fx, sensor=sensor, backend=backend, see_through=see_through,
-                      samples_per_image=samples_per_image, shard_size=shard_size, seed=seed)
+    cfg = BuildConfig(height=height, width=width, fx=fx, sensor=sensor_file or sensor, backend=backend,
+                      see_through=see_through, samples_per_image=samples_per_image, shard_size=shard_size, seed=seed)
     _check_sensor_and_backend(cfg)
     inputs = discover_inputs(images)
     # A missing or broken teacher fails here, before any shard runs.
     ident = load_validated_teacher(teacher, batch_size=teacher_batch_size, threads=teacher_threads)
+    t_plan = time.perf_counter()
     store_path = out if is_remote(out) else Path(out)
     cache = str(Path(cache_dir) if cache_dir else _default_cache(store_path))
     store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite)
@@ -228,10 +250,20 @@ def build_dataset(
         }
         logger.info("%d inputs, %d samples in %d shards; %d shards to write (%d up to date)", len(inputs),
                     len(plan.samples), plan.n_shards, len(todo), plan.n_shards - len(todo))
-        results = _run_shards(store, cache, todo, cfg, ident, progress=progress)
+        t_shards = time.perf_counter()
+        results = _run_shards(store, cache, todo, cfg, ident, sim_workers=resolve_sim_workers(sim_workers),
+                              progress=progress)
+        t_finalize = time.perf_counter()
         summary = _finalize(store, cfg, ident, results, {"removed_inputs": plan.removed_keys,
                                                          "inputs": len(inputs)}, previews)
-    summary["seconds"] = round(time.perf_counter() - t0, 2)
+    t_end = time.perf_counter()
+    # Where the time went: everything but the shard chains is per-build overhead (teacher load + probe,
+    # discovery, planning, manifest reads, finalize, previews), which must stay small at scale.
+    summary["seconds"] = round(t_end - t0, 2)
+    summary["seconds_teacher_load"] = round(t_plan - t0, 2)
+    summary["seconds_plan"] = round(t_shards - t_plan, 2)
+    summary["seconds_shards"] = round(t_finalize - t_shards, 2)
+    summary["seconds_finalize"] = round(t_end - t_finalize, 2)
     logger.info("dataset %s: %s", store.path, {k: summary[k] for k in ("samples", "status", "lidar_density_mean")})
     return summary
 
@@ -240,8 +272,8 @@ def _check_sensor_and_backend(cfg: BuildConfig) -> None:
     from tasks.sensors import load_profile
 
     load_profile(cfg.sensor)  # unknown name -> GeometryError listing the known ones
-    if cfg.backend not in ("fast", "embree", "pyrender"):
-        raise InputError(f"unknown backend {cfg.backend!r}; expected fast, embree or pyrender")
+    if cfg.backend not in BACKENDS:
+        raise InputError(f"unknown backend {cfg.backend!r}; expected one of {', '.join(BACKENDS)}")
 
 
 def _default_cache(store_path: Path | str) -> Path:
@@ -275,17 +307,19 @@ def _open_or_create(path: Path | str, cfg: BuildConfig, teacher: dict, images: s
                                teacher=teacher_attrs, sensor=cfg.sensor, code_version=code_version())
 
 
-@flow(name="repair-shards", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+@flow(name="repair-shards", task_runner=ThreadPoolTaskRunner(max_workers=default_thread_workers()),
+      log_prints=True)
 @readable_failures
 def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None = None,
-                   progress: bool = False) -> dict:
+                   sim_workers: int | None = RUN_DEFAULTS.sim_workers, progress: bool = False) -> dict:
     """Re-run only the shards of ``store`` that are missing or hold failed samples, from its stored plan and
     configuration. Idempotent: on a complete store it changes nothing.
 
     Args:
         store: dataset store path.
         teacher: ONNX teacher to use if the recorded one moved (must have the same sha256).
-        cache_dir: teacher/canvas cache; empty = ``.monolidar-cache`` beside the store.
+        cache_dir: teacher-output cache; empty = ``.monolidar-cache`` beside the store.
+        sim_workers: simulation processes; empty = one per CPU core (thread runner) or none (other runners).
         progress: show a progress bar on stderr.
     """
     logger = get_run_logger()
@@ -293,7 +327,8 @@ def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None
     config = ds.attrs.get("config", {})
     cfg = BuildConfig.from_dict(config.get("build", {}))
     recorded = ds.attrs.get("teacher", {})
-    ident = load_validated_teacher(teacher or recorded.get("path"), batch_size=recorded.get("batch_size", 4),
+    ident = load_validated_teacher(teacher or recorded.get("path"),
+                                   batch_size=recorded.get("batch_size", RUN_DEFAULTS.teacher_batch_size),
                                    threads=None)
     if ident["sha256"] != recorded.get("sha256"):
         raise StoreError(f"{store}: teacher {ident['path']} (sha256 {ident['sha256'][:12]}) is not the one the "
@@ -313,7 +348,8 @@ def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None
         logger.info("%s: %d of %d shards need repair: %s", store, len(todo), len(shards), sorted(todo)[:20])
         if not todo:
             return {"store": str(ds.path), "repaired_shards": [], "changed": False}
-        results = _run_shards(ds, cache, todo, cfg, ident, progress=progress)
+        results = _run_shards(ds, cache, todo, cfg, ident, sim_workers=resolve_sim_workers(sim_workers),
+                              progress=progress)
         summary = _finalize(ds, cfg, ident, results, {"repaired": sorted(todo)}, previews=0)
     summary.update(repaired_shards=sorted(todo), changed=True)
     return summary

@@ -8,8 +8,8 @@ A run directory ``out`` holds ``last.pt`` (every ``ckpt_every`` steps and at the
 teacher outputs go to the same Zarr ``ArrayCache`` the build uses (``teacher`` namespace, key
 ``model.teacher.teacher_output_key``), by default ``<out's parent>/.monolidar-cache``.
 
-Determinism and exact resume: see ``model.batches`` and ``model.training``; model init uses
-``torch.manual_seed(derive_seed(seed, "init"))``.
+Determinism and exact resume: see ``model.batches`` and ``model.training``; model init seeds torch with
+``derive_seed(seed, "init")`` (``model.training.seeded_model``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import torch
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -26,14 +25,14 @@ from flows.failures import readable_failures
 from model.batches import kitti_batch_maker, store_batch_maker
 from model.checkpoint import (FINAL_CKPT, LAST_CKPT, CompletionCheckpoints, init_from_checkpoint, load_checkpoint,
                               model_from_checkpoint)
-from model.completion import CompletionNet, create_model
+from model.completion import CompletionNet
 from model.evaluation import evaluate_items, ipbasic_predictor, metrics_table, model_predictor
 from model.metrics import aggregate_metrics
 from model.objectives import SSI_VARIANTS, stage1_objective, stage2_objective
 from model.schedules import warmup_then_cosine
-from model.training import train_loop
+from model.training import seeded_model, set_torch_threads, train_loop, training_device
 from tasks.errors import InputError
-from tasks.provenance import derive_seed, sha256_bytes
+from tasks.provenance import sha256_bytes
 
 __all__ = ["FINAL_CKPT", "LAST_CKPT", "pretrain_flow", "finetune_flow", "evaluate_flow", "compute_teacher_outputs"]
 BASELINES = ("ipbasic",)
@@ -51,20 +50,6 @@ def _run(net: CompletionNet, model_name: str, *, make_batch, objective, out: str
         progress_bar=f"train {model_name}" if progress else None)
     summary.pop("ema")
     return {"out": str(out), **summary}
-
-
-def _new_model(model_name: str, seed: int, device: torch.device, **kwargs) -> CompletionNet:
-    torch.manual_seed(derive_seed(seed, "init"))
-    return create_model(model_name, **kwargs).to(device)
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        torch.set_num_threads(int(threads))
 
 
 @flow(name="pretrain", log_prints=True)
@@ -109,18 +94,15 @@ def pretrain_flow(
         threads: torch CPU threads (None = torch default).
         progress: show a tqdm progress bar.
     """
-    from torch.utils.data import ConcatDataset
-
-    from storage.dataset import CompletionDataset
+    from storage.dataset import open_stores
 
     logger = get_run_logger()
-    _set_threads(threads)
+    set_torch_threads(threads)
     stores = [store] if isinstance(store, (str, Path)) else list(store)
-    parts = [CompletionDataset(s) for s in stores]
-    dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    dataset = open_stores(stores)
     store = str(stores[0]) if len(stores) == 1 else [str(s) for s in stores]
-    device = _device()
-    net = _new_model(model, seed, device)
+    device = training_device()
+    net = seeded_model(model, seed, device)
     config = {"stage": 1, "store": str(store), "steps": steps, "batch_size": batch_size, "crop": [crop_h, crop_w],
               "lr": lr, "weight_decay": weight_decay, "warmup": warmup, "model": model, "seed": seed,
               "ema_decay": ema_decay}
@@ -254,7 +236,7 @@ def finetune_flow(
         raise InputError(f"loss must be 'l1' or 'l2', got {loss!r}")
     if ssi_variant not in SSI_VARIANTS:
         raise InputError(f"ssi_variant must be one of {', '.join(SSI_VARIANTS)}, got {ssi_variant!r}")
-    _set_threads(threads)
+    set_torch_threads(threads)
     items = kitti_items(kitti)
     teacher_maps = None
     teacher_id = None
@@ -264,8 +246,8 @@ def finetune_flow(
         teacher_id = cache["teacher"]
         teacher_maps = _teacher_loader(cache_dir, cache["keys"], teacher_id["output_kind"])
         logger.info(f"teacher {teacher_id['sha256'][:12]}: {cache['computed']} computed, {cache['cached']} cached")
-    device = _device()
-    net = _new_model(model, seed, device)
+    device = training_device()
+    net = seeded_model(model, seed, device)
     if init:
         init_from_checkpoint(net, model, init)
         logger.info(f"initialised from {init}")
@@ -323,7 +305,7 @@ def evaluate_flow(
     from prefect.artifacts import create_table_artifact
 
     logger = get_run_logger()
-    _set_threads(threads)
+    set_torch_threads(threads)
     if (ckpt is None) == (baseline is None):
         raise InputError("evaluate needs exactly one of ckpt or baseline")
     if baseline is not None and baseline not in BASELINES:
@@ -333,7 +315,7 @@ def evaluate_flow(
     if ckpt is not None:
         info = load_checkpoint(ckpt)
         method = f"{info['model_name']}@{Path(ckpt).name}"
-        predictors[method] = model_predictor(model_from_checkpoint(info, use_ema=use_ema).to(_device()))
+        predictors[method] = model_predictor(model_from_checkpoint(info, use_ema=use_ema).to(training_device()))
     else:
         method = baseline
     if baseline == "ipbasic" or compare_ipbasic:

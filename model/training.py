@@ -20,8 +20,28 @@ import torch
 from torch import nn
 
 from model.checkpoint import ModelEMA
+from model.completion import CompletionNet, create_model
+from tasks.provenance import derive_seed
 
 Batch = dict[str, torch.Tensor]
+
+
+def training_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_torch_threads(threads: int | None) -> None:
+    """Cap torch's CPU threads; None/0 keeps torch's default."""
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def seeded_model(model_name: str, seed: int, device: torch.device, **kwargs) -> CompletionNet:
+    """``create_model(model_name)`` initialised from ``derive_seed(seed, "init")`` (same seed = same weights),
+    moved to ``device``."""
+    torch.manual_seed(derive_seed(seed, "init"))
+    return create_model(model_name, **kwargs).to(device)
 LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
 
 

@@ -1,31 +1,37 @@
-"""A content-addressed Zarr array cache that lives beside dataset stores.
+"""A content-addressed array cache that lives beside dataset stores: the build's teacher outputs.
 
-The build flow keeps two kinds of per-image arrays here so that no large array ever travels through a
-Prefect result, and so that re-building with another sensor profile re-runs only simulation and writing:
+The dataset store is the cache for everything the build writes (canvases are never cached: decoding again
+at reduced size is cheaper than a write + read). Only the teacher's outputs are kept here, so that a rebuild
+with another sensor, seed or depth policy runs no teacher inference, even in a new process:
 
-* ``canvas/<key>`` – the decoded, validated image fitted to the dataset's H x W (uint8 H x W x 3);
-* ``teacher/<key>`` – the teacher's raw output at canvas resolution (float32 H x W).
+* ``teacher/<key[:2]>/<key>.npy.zst`` – the teacher's raw output for one image at its own (network)
+  resolution (or the canvas's, if smaller), float16. File = zstd(magic + ``.npy``): magic ``NPY0`` = the
+  array itself; ``F16D`` = a float16 map stored as the row-wise differences of its 16-bit patterns, split
+  into low and high byte planes (uint8 (2, H, W)): smooth maps then compress ~2x better than raw float16,
+  which is what keeps the cache a small fraction of the store (bench/bench_build_scale.py reports it).
 
 Keys are hex digests computed by the caller from everything the entry depends on (image content hash,
-canvas size, teacher sha256, preprocessing). Each entry is one small Zarr v3 array written to a temporary
-name and renamed into place, so a crash never leaves a half-written entry that a reader would accept
-(``os.replace`` of a directory is atomic on a local filesystem). Concurrent writers of the same key are
-harmless: both write identical bytes and the last rename wins.
+canvas size, teacher sha256, preprocessing). One entry is one file, written to a temporary name and renamed
+into place, so a crash never leaves a half-written entry that a reader would accept; concurrent writers of
+the same key write identical bytes and the last rename wins. One file per entry (not a Zarr array
+directory per entry) keeps a million-image cache at a million files and one write each.
 """
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 import numpy as np
-import zarr
-from zarr.codecs import BloscCodec
 
 from tasks.errors import StoreError
 
-_NAMESPACES = ("canvas", "teacher")
+_NAMESPACES = ("teacher",)
+_SUFFIX = ".npy.zst"
+_MAGIC_NPY, _MAGIC_F16D = b"NPY0", b"F16D"
+_ZSTD_LEVEL = 3  # teacher maps are smooth; higher levels cost CPU on the build's critical path for ~5 %
 
 
 def default_cache_dir(store_path: str | os.PathLike) -> Path:
@@ -33,8 +39,14 @@ def default_cache_dir(store_path: str | os.PathLike) -> Path:
     return Path(store_path).resolve().parent / ".monolidar-cache"
 
 
+def _zstd():
+    from numcodecs import Zstd
+
+    return Zstd(level=_ZSTD_LEVEL)
+
+
 class ArrayCache:
-    """``get``/``put``/``has`` numpy arrays by (namespace, key) in a local Zarr v3 hierarchy."""
+    """``get``/``put``/``has`` numpy arrays by (namespace, key) under ``root``."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -45,17 +57,44 @@ class ArrayCache:
         if not key or not all(c in "0123456789abcdef" for c in key):
             raise ValueError(f"cache key must be a hex digest, got {key!r}")
         # Two-level fan-out keeps directories small for million-image caches.
-        return self.root / namespace / key[:2] / key
+        return self.root / namespace / key[:2] / f"{key}{_SUFFIX}"
 
     def has(self, namespace: str, key: str) -> bool:
-        return (self._path(namespace, key) / "zarr.json").is_file()
+        return self._path(namespace, key).is_file()
+
+    @staticmethod
+    def _encode(array: np.ndarray) -> bytes:
+        a = np.ascontiguousarray(array)
+        buf = io.BytesIO()
+        if a.dtype == np.float16 and a.ndim == 2:
+            d = np.diff(a.view(np.uint16), axis=1, prepend=np.uint16(0))  # wraps modulo 2**16: lossless
+            buf.write(_MAGIC_F16D)
+            np.save(buf, np.stack([(d & 0xFF).astype(np.uint8), (d >> 8).astype(np.uint8)]), allow_pickle=False)
+        else:
+            buf.write(_MAGIC_NPY)
+            np.save(buf, a, allow_pickle=False)
+        return _zstd().encode(buf.getvalue())
+
+    @staticmethod
+    def _decode(blob: bytes) -> np.ndarray:
+        raw = bytes(_zstd().decode(blob))
+        magic, body = raw[:4], io.BytesIO(raw[4:])
+        if magic == _MAGIC_NPY:
+            return np.load(body, allow_pickle=False)
+        if magic == _MAGIC_F16D:
+            planes = np.load(body, allow_pickle=False)
+            d = planes[0].astype(np.uint16) | (planes[1].astype(np.uint16) << 8)
+            return np.cumsum(d, axis=1, dtype=np.uint16).view(np.float16)
+        raise ValueError(f"unknown entry format {magic!r}")
 
     def get(self, namespace: str, key: str) -> np.ndarray:
         path = self._path(namespace, key)
         try:
-            return zarr.open_array(zarr.storage.LocalStore(path, read_only=True), mode="r")[...]
+            blob = path.read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"{path}: cache entry missing") from exc
+        try:
+            return self._decode(blob)
         except Exception as exc:  # corrupt entry: name it so the user can delete it
             raise StoreError(f"{path}: unreadable cache entry ({type(exc).__name__}: {exc})") from exc
 
@@ -64,26 +103,13 @@ class ArrayCache:
         if final.exists():
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        blob = self._encode(array)
         tmp = final.parent / f".{key}.tmp-{uuid.uuid4().hex}"
         try:
-            z = zarr.create_array(
-                zarr.storage.LocalStore(tmp),
-                shape=array.shape,
-                chunks=array.shape,
-                dtype=array.dtype,
-                compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle"),
-                fill_value=0,
-            )
-            z[...] = array
-            try:
-                os.replace(tmp, final)
-            except OSError:
-                # Another writer renamed the same key first: identical content, keep theirs.
-                if not (final / "zarr.json").is_file():
-                    raise
+            tmp.write_bytes(blob)
+            os.replace(tmp, final)
         finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
+            tmp.unlink(missing_ok=True)
         return final
 
     def clear_temporaries(self) -> int:
@@ -91,6 +117,9 @@ class ArrayCache:
         removed = 0
         for ns in _NAMESPACES:
             for tmp in (self.root / ns).glob("*/.*.tmp-*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+                if tmp.is_dir():  # entries of the older Zarr-directory layout
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    tmp.unlink(missing_ok=True)
                 removed += 1
         return removed

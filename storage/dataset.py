@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import ConcatDataset, Dataset, Sampler
 
 from storage.pngio import uint16_to_depth
 from storage.store import DatasetStore
@@ -136,3 +136,10 @@ class ShardOrderedSampler(Sampler[int]):
             order = [rng.permutation(positions[int(s)]) for s in rng.permutation(unique)]
         for block in order:
             yield from (int(p) for p in block)
+
+
+def open_stores(stores: "str | os.PathLike | list[str | os.PathLike]") -> Dataset:
+    """One store as a CompletionDataset, several as their concatenation (trained on as one)."""
+    paths = [stores] if isinstance(stores, (str, os.PathLike)) else list(stores)
+    parts = [CompletionDataset(s) for s in paths]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)

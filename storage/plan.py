@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from storage.root import StoreRoot
-from tasks.errors import StoreError
+from tasks.errors import InputError, StoreError
 
 PLAN_FILE = "plan.parquet"
 PLAN_SCHEMA = pa.schema(
@@ -74,3 +74,16 @@ def plan_rows_for_shard(store_path: "str | os.PathLike | StoreRoot", shard: int)
     except (FileNotFoundError, OSError, pa.ArrowException):
         return []
     return sorted(table.to_pylist(), key=lambda r: r["row"])
+
+
+def read_input_uris(spec: str) -> list[str]:
+    """The non-empty entries of the ``uri`` (or ``path``, ``url``) column of a Parquet input list, in file
+    order; local or fsspec URL. Planning (tasks.planning) resolves them; the Parquet format stays here."""
+    import fsspec
+
+    with fsspec.open(spec, "rb") as f:
+        table = pq.read_table(f)
+    col = next((c for c in ("uri", "path", "url") if c in table.column_names), None)
+    if col is None:
+        raise InputError(f"{spec}: Parquet input list needs a 'uri' column (has {table.column_names})")
+    return [u for u in table.column(col).to_pylist() if u]

@@ -1,16 +1,21 @@
 """Prefect tasks of the dataset build: one chain per *shard*, never per image.
 
-prepare_shard  -> decode + validate each input once, fit it to the canvas, cache the canvas (Zarr cache)
-teacher_shard  -> batched teacher inference on the shard's canvases, outputs into the Zarr cache
-write_shard    -> depth policy + mesh + LiDAR for every planned sample, then one whole-shard store write
+teacher_shard -> read + hash each distinct input of the shard; for those whose teacher output is not cached,
+                 decode straight to the teacher's network size and run the teacher in fixed-size batches
+                 (one session per process, one batch at a time per device); outputs go to the teacher cache
+                 as float16 at the network's own resolution
+write_shard   -> decode each input to the canvas, read its teacher output from the cache, depth policy +
+                 mesh + LiDAR, one whole-shard store write (tasks.shard_writer), in the simulation process
+                 pool beside the teacher (tasks.sim_pool) or in the task's own process
 
-Only small references (cache keys, counts, statuses) travel through Prefect results; the arrays live in the
-cache beside the store and in the store itself. Every task is an idempotent, seeded unit (Kubric style): a
-rerun after a crash recomputes exactly the same bytes.
+Only small references (cache keys, hashes, counts, statuses) travel through Prefect results. Nothing is
+written twice: the canvas is decoded again instead of cached, and the store is the only copy of it. Every
+task is an idempotent, seeded unit (Kubric style): a rerun after a crash recomputes exactly the same bytes.
 """
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 
 import numpy as np
@@ -18,12 +23,13 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from storage.cache import ArrayCache
-from storage.store import DatasetStore
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
-from tasks.images import fit_to_canvas, load_image
+from tasks.images import load_fitted
 from tasks.planning import read_bytes
 from tasks.provenance import stable_hash
+from tasks.shard_writer import simulate_and_write_shard
+from tasks.sim_pool import run_in_pool
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -46,13 +52,26 @@ RETRY = dict(
 
 
 # ---------------------------------------------------------------- keys
-def canvas_key(content_hash: str, config: BuildConfig) -> str:
-    return hashlib.sha256(f"canvas|{content_hash}|{config.height}x{config.width}".encode()).hexdigest()
+# Version of the teacher-input preprocessing (decode + crop + resample to the network size) and of the cached
+# value's form (float16 at the network resolution); bump it when either changes, and old entries are unused.
+TEACHER_PREP_VERSION = 2
 
 
-def teacher_key(canvas: str, teacher: dict) -> str:
-    prep = stable_hash({k: teacher.get(k) for k in ("sha256", "output_kind", "short_side", "batch_size")})
-    return hashlib.sha256(f"teacher|{canvas}|{prep}".encode()).hexdigest()
+def teacher_key(content_hash: str, teacher: dict, config: BuildConfig) -> str:
+    """Cache key of one image's teacher output: image bytes, canvas (it decides the crop), teacher, prep."""
+    prep = stable_hash({**{k: teacher.get(k) for k in ("sha256", "output_kind", "short_side", "batch_size")},
+                        "prep": TEACHER_PREP_VERSION})
+    return hashlib.sha256(f"teacher|{content_hash}|{config.height}x{config.width}|{prep}".encode()).hexdigest()
+
+
+def compact_teacher_output(pred: np.ndarray, height: int, width: int) -> np.ndarray:
+    """What the cache keeps of one raw output: float16 at the network's resolution, or at the canvas's when
+    the network ran larger than the canvas (nothing finer than the canvas is ever used)."""
+    from model.teacher import resize_bilinear
+
+    if pred.shape[0] * pred.shape[1] > height * width:
+        pred = resize_bilinear(pred[None].astype(np.float32), height, width)[0]
+    return np.ascontiguousarray(pred, dtype=np.float16)
 
 
 def shard_key(samples: list[dict], config: BuildConfig, teacher: dict, code_version: str) -> str:
@@ -110,14 +129,35 @@ def get_teacher(teacher: dict):
         return _TEACHERS[slot]
 
 
+# One batch on the teacher's device at a time in this process: several shard chains may reach their teacher
+# step together, and interleaving their batches on one session only adds contention.
+_TEACHER_RUN_LOCK = threading.Lock()
+TEACHER_TAG = "monolidar-teacher"
+
+
 # ---------------------------------------------------------------- tasks
-@task(name="prepare-shard", **RETRY)
-def prepare_shard(cache_dir: str, samples: list[dict], config: dict) -> dict[str, dict]:
-    """Decode and validate each distinct input of the shard once; returns {uri: info} where info is
-    {"status": "ok", "content_hash", "canvas_key"} or {"status": "quarantined", "reason"}."""
+def _decoded_for_teacher(todo: list[tuple[str, str, bytes]], cfg: BuildConfig, size: tuple[int, int],
+                         out: dict[str, dict]):
+    """Yield (uri, key, image at network size); a bad image is marked quarantined in ``out`` instead."""
+    for uri, key, data in todo:
+        try:
+            yield uri, key, load_fitted(data, name=uri, canvas=(cfg.height, cfg.width), size=size)
+        except InputError as exc:
+            out[uri] = {"status": "quarantined", "reason": str(exc), "content_hash": out[uri]["content_hash"]}
+
+
+@task(name="teacher-shard", tags=[TEACHER_TAG], **RETRY)
+def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: dict) -> dict:
+    """Hash each distinct input of the shard and make sure its teacher output is in the cache.
+
+    Returns {"inputs": {uri: info}, "computed": n, "cached": m} where info is {"status": "ok",
+    "content_hash", "teacher_key"} or {"status": "quarantined", "reason"}. Batches have a fixed size (the
+    last one padded) so an image's output bits never depend on which other images shared its batch.
+    """
     cfg = BuildConfig.from_dict(config)
     cache = ArrayCache(cache_dir)
     out: dict[str, dict] = {}
+    todo: list[tuple[str, str, bytes]] = []
     for uri in dict.fromkeys(s["uri"] for s in samples):
         try:
             data = read_bytes(uri)
@@ -128,55 +168,40 @@ def prepare_shard(cache_dir: str, samples: list[dict], config: dict) -> dict[str
             out[uri] = {"status": "quarantined", "reason": f"{uri}: is a directory"}
             continue
         content_hash = hashlib.sha256(data).hexdigest()
-        key = canvas_key(content_hash, cfg)
-        if not cache.has("canvas", key):
-            try:
-                image = load_image(data, name=uri)
-            except InputError as exc:
-                out[uri] = {"status": "quarantined", "reason": str(exc), "content_hash": content_hash}
-                continue
-            canvas, _, _ = fit_to_canvas(image, cfg.height, cfg.width)
-            cache.put("canvas", key, np.ascontiguousarray(canvas))
-        out[uri] = {"status": "ok", "content_hash": content_hash, "canvas_key": key}
-    return out
-
-
-def _teacher_cache_key(context, parameters) -> str | None:
-    """Cache only when every output is already in the Zarr cache, so a Prefect cache hit can never point
-    at arrays that were deleted; otherwise run (the body skips what is cached)."""
-    cache = ArrayCache(parameters["cache_dir"])
-    teacher = parameters["teacher"]
-    keys = sorted({i["canvas_key"] for i in parameters["prepared"].values() if i["status"] == "ok"})
-    if not all(cache.has("teacher", teacher_key(k, teacher)) for k in keys):
-        return None
-    return "teacher-" + stable_hash([parameters["cache_dir"], teacher["sha256"], keys], n=32)
-
-
-@task(name="teacher-shard", cache_key_fn=_teacher_cache_key, persist_result=True, **RETRY)
-def teacher_shard(cache_dir: str, prepared: dict[str, dict], teacher: dict) -> dict:
-    """Run the teacher on the shard's canvases not yet cached. Returns {"refs": {canvas_key: teacher_key},
-    "computed": n, "cached": m}. Batches have a fixed size (the last one padded) so an image's output bits
-    never depend on which other images shared its batch."""
-    cache = ArrayCache(cache_dir)
-    canvas_keys = sorted({i["canvas_key"] for i in prepared.values() if i["status"] == "ok"})
-    refs = {k: teacher_key(k, teacher) for k in canvas_keys}
-    todo = [k for k in canvas_keys if not cache.has("teacher", refs[k])]
-    bs = int(teacher["batch_size"])
+        key = teacher_key(content_hash, teacher, cfg)
+        out[uri] = {"status": "ok", "content_hash": content_hash, "teacher_key": key}
+        if not cache.has("teacher", key):
+            todo.append((uri, key, data))
+    computed = 0
     if todo:
         model = get_teacher(teacher)
-        for i in range(0, len(todo), bs):
-            chunk = todo[i : i + bs]
-            batch = np.stack([cache.get("canvas", k) for k in chunk])
-            if len(chunk) < bs:
-                batch = np.concatenate([batch, np.repeat(batch[-1:], bs - len(chunk), axis=0)])
-            pred = model.predict(batch, batch_size=bs)
-            for k, p in zip(chunk, pred[: len(chunk)]):
-                if not np.all(np.isfinite(p)):
-                    raise MonolidarError(f"teacher {teacher['path']}: non-finite output for canvas {k[:12]}")
-                cache.put("teacher", refs[k], np.ascontiguousarray(p, dtype=np.float32))
-    if todo:
-        get_run_logger().info("teacher: %d computed, %d cached", len(todo), len(canvas_keys) - len(todo))
-    return {"refs": refs, "computed": len(todo), "cached": len(canvas_keys) - len(todo)}
+        size = model.input_size(cfg.height, cfg.width)
+        bs = int(teacher["batch_size"])
+        batch: list[tuple[str, str, np.ndarray]] = []
+        for item in _decoded_for_teacher(todo, cfg, size, out):
+            batch.append(item)
+            if len(batch) == bs:
+                computed += _run_teacher_batch(model, batch, bs, cache, cfg, teacher)
+                batch = []
+        if batch:
+            computed += _run_teacher_batch(model, batch, bs, cache, cfg, teacher)
+        get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
+    n_ok = sum(i["status"] == "ok" for i in out.values())
+    return {"inputs": out, "computed": computed, "cached": n_ok - computed}
+
+
+def _run_teacher_batch(model, batch: list[tuple[str, str, np.ndarray]], bs: int, cache: ArrayCache,
+                       cfg: BuildConfig, teacher: dict) -> int:
+    images = np.stack([im for _, _, im in batch])
+    if len(batch) < bs:  # pad with copies of the last image: a fixed batch shape, fixed bits
+        images = np.concatenate([images, np.repeat(images[-1:], bs - len(batch), axis=0)])
+    with _TEACHER_RUN_LOCK:
+        pred = model.predict(images, batch_size=bs)
+    for (uri, key, _), p in zip(batch, pred[: len(batch)]):
+        if not np.all(np.isfinite(p)):
+            raise MonolidarError(f"teacher {teacher['path']}: non-finite output for {uri}")
+        cache.put("teacher", key, compact_teacher_output(p, cfg.height, cfg.width))
+    return len(batch)
 
 
 @task(name="write-shard", **RETRY)
@@ -185,59 +210,15 @@ def write_shard(
     cache_dir: str,
     shard: int,
     samples: list[dict],
-    prepared: dict[str, dict],
     teacher_result: dict,
     config: dict,
     teacher: dict,
     key: str,
+    sim_workers: int = 0,
 ) -> dict:
-    """Simulate every planned sample of the shard and write the shard whole (arrays, then manifest)."""
-    from tasks.sample_sim import empty_arrays, simulate_sample
-    from tasks.sensors import load_profile
-
-    cfg = BuildConfig.from_dict(config)
-    cache = ArrayCache(cache_dir)
-    profile = load_profile(cfg.sensor)
-    store = DatasetStore.open(store_path, mode="r+")
-    columns: dict[str, list[np.ndarray]] = {}
-    rows = []
-    for s in samples:
-        info = prepared[s["uri"]]
-        row = {
-            "sample_id": s["sample_id"],
-            "source_uri": s["uri"],
-            "content_hash": info.get("content_hash", ""),
-            "shard": shard,
-            "row": s["row"],
-            "index": shard * store.shard_size + s["row"],
-            "seed": s["seed"],
-            "sensor": profile.name,
-            "status": "ok",
-            "reason": "",
-            "shard_key": key,
-        }
-        arrays = empty_arrays(cfg.height, cfg.width)
-        if info["status"] != "ok":
-            row.update(status="quarantined", reason=info["reason"])
-        else:
-            try:
-                canvas = cache.get("canvas", info["canvas_key"])
-                t_out = cache.get("teacher", teacher_result["refs"][info["canvas_key"]])
-                sim = simulate_sample(
-                    canvas, t_out, teacher_kind=teacher["output_kind"], config=cfg, profile=profile, seed=s["seed"]
-                )
-                arrays = sim.arrays
-                row.update(sim.stats)
-            except MonolidarError as exc:  # deterministic per-sample failure: record it, finish the shard
-                row.update(status="failed", reason=f"{s['uri']}: {exc}")
-            except (ValueError, FloatingPointError) as exc:
-                row.update(status="failed", reason=f"{s['uri']}: {type(exc).__name__}: {exc}")
-        for name, arr in arrays.items():
-            columns.setdefault(name, []).append(arr)
-        rows.append(row)
-    result = store.write_shard(shard, {k: np.stack(v) for k, v in columns.items()}, rows)
-    result["status"] = {st: sum(r["status"] == st for r in rows) for st in ("ok", "quarantined", "failed")}
-    result["lidar_density_mean"] = float(
-        np.mean([r["lidar_density"] for r in rows if r["status"] == "ok"]) if result["status"]["ok"] else 0.0
-    )
-    return result
+    """Simulate every planned sample of the shard and write the shard whole (arrays, then manifest), in the
+    simulation pool when ``sim_workers`` > 0 (see tasks.sim_pool), else in this process."""
+    # Pool workers keep the working directory they were started in: hand them absolute local paths.
+    store_path, cache_dir = (p if "://" in p else os.path.abspath(p) for p in (store_path, cache_dir))
+    return run_in_pool(sim_workers, simulate_and_write_shard, store_path, cache_dir, shard, samples,
+                       teacher_result["inputs"], config, teacher, key)

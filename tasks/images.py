@@ -41,20 +41,8 @@ def _png_bit_depth(data: bytes) -> int | None:
     return None
 
 
-def load_image(
-    path_or_bytes: str | Path | bytes | bytearray | memoryview,
-    *,
-    name: str = "",
-    max_pixels: int = 80_000_000,
-) -> np.ndarray:
-    """Decode one photo to uint8 (H,W,3) RGB with EXIF orientation applied.
-
-    Rejected (InputError naming the file): zero-byte, not an image, truncated/corrupt data, 16-bit or
-    float samples, grayscale (DMD3C needs colour), more than ``max_pixels`` (checked from the header,
-    before any pixel is decoded). Palette, RGBA, CMYK and other colour modes are converted to RGB
-    (alpha is dropped, not composited).
-    """
-    data, label = _read(path_or_bytes, name)
+def _open_checked(data: bytes, label: str, max_pixels: int) -> Image.Image:
+    """Open (header only) and run every check that needs no pixel: size, bit depth, colour."""
     if not data:
         raise InputError(f"{label}: zero-byte file")
     try:
@@ -77,7 +65,11 @@ def load_image(
         raise InputError(f"{label}: {bits or 16}-bit image (mode {im.mode}); expected 8-bit RGB")
     if im.mode in GRAY_MODES:
         raise InputError(f"{label}: grayscale image (mode {im.mode}); a colour RGB photo is required")
+    return im
 
+
+def _decode_rgb(im: Image.Image, label: str) -> Image.Image:
+    """Decode the pixels (at whatever draft scale was set), apply EXIF orientation, convert to RGB."""
     try:
         im.load()
         im = ImageOps.exif_transpose(im)
@@ -87,10 +79,136 @@ def load_image(
         im = im.convert("RGBA")  # palette transparency must go through RGBA to convert cleanly
     if im.mode != "RGB":
         im = im.convert("RGB")
+    return im
+
+
+def _as_rgb_array(im: Image.Image, label: str) -> np.ndarray:
     array = np.asarray(im, dtype=np.uint8)
     if array.ndim != 3 or array.shape[2] != 3:
         raise InputError(f"{label}: decoded to shape {array.shape}, expected HxWx3")
     return np.ascontiguousarray(array)
+
+
+def load_image(
+    path_or_bytes: str | Path | bytes | bytearray | memoryview,
+    *,
+    name: str = "",
+    max_pixels: int = 80_000_000,
+) -> np.ndarray:
+    """Decode one photo to uint8 (H,W,3) RGB with EXIF orientation applied.
+
+    Rejected (InputError naming the file): zero-byte, not an image, truncated/corrupt data, 16-bit or
+    float samples, grayscale (DMD3C needs colour), more than ``max_pixels`` (checked from the header,
+    before any pixel is decoded). Palette, RGBA, CMYK and other colour modes are converted to RGB
+    (alpha is dropped, not composited).
+    """
+    data, label = _read(path_or_bytes, name)
+    im = _open_checked(data, label, max_pixels)
+    return _as_rgb_array(_decode_rgb(im, label), label)
+
+
+# EXIF orientation -> numpy view that shows the stored pixels upright (what ImageOps.exif_transpose does).
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, k=1),
+}
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
+# Remaining reduction (after libjpeg's DCT scaling) from which the area filter is worth its cost; below it
+# bilinear barely aliases and is 5x faster.
+_AREA_FROM = 1.5
+
+
+def canvas_box(src_w: float, src_h: float, height: int, width: int) -> tuple[float, float, float, float]:
+    """The centred region of a src_w x src_h image that a height x width canvas covers when the image is
+    scaled to cover the canvas (aspect preserved): (left, top, right, bottom) in source pixels."""
+    scale = max(height / src_h, width / src_w)
+    bw, bh = width / scale, height / scale
+    left, top = (src_w - bw) / 2.0, (src_h - bh) / 2.0
+    return left, top, left + bw, top + bh
+
+
+def _crop_resize(a: np.ndarray, canvas: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """Crop the canvas region (rounded to whole pixels) out of an upright image and resample it to size."""
+    import cv2
+
+    h, w = a.shape[:2]
+    left, top, right, bottom = canvas_box(w, h, *canvas)
+    x0, x1 = max(0, int(round(left))), min(w, max(int(round(right)), int(round(left)) + 1))
+    y0, y1 = max(0, int(round(top))), min(h, max(int(round(bottom)), int(round(top)) + 1))
+    crop = a[y0:y1, x0:x1]
+    out_h, out_w = size
+    if crop.shape[:2] == (out_h, out_w):
+        return np.ascontiguousarray(crop)
+    reduction = min((x1 - x0) / out_w, (y1 - y0) / out_h)
+    interp = cv2.INTER_AREA if reduction >= _AREA_FROM else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(crop), (out_w, out_h), interpolation=interp)
+
+
+def _dct_factor(need: float) -> int:
+    """Largest libjpeg reduction 1/f (f = 1, 2, 4, 8) that still gives at least ``need`` x the full size.
+    Only powers of two: the other M/8 factors decode no faster than full size (measured)."""
+    for f in (8, 4, 2):
+        if 1.0 / f >= need:
+            return f
+    return 1
+
+
+def load_fitted(
+    data: bytes,
+    *,
+    name: str,
+    canvas: tuple[int, int],
+    size: tuple[int, int] | None = None,
+    max_pixels: int = 80_000_000,
+) -> np.ndarray:
+    """Decode a photo straight to the dataset canvas: uint8 (h, w, 3) RGB of the centred region that a
+    ``canvas`` = (H, W) covers (cover + centre crop, as :func:`fit_to_canvas`), resampled to
+    ``size`` = (h, w) (default: the canvas itself; the teacher asks for its network size).
+
+    Same checks and rejections as :func:`load_image`. Why it is cheap: colour JPEGs are decoded by
+    libjpeg-turbo (simplejpeg) at 1/2, 1/4 or 1/8 scale when the output needs no more (DCT scaling), the
+    crop is a view, and only the cropped region is resampled by OpenCV (area filter for real reductions,
+    bilinear otherwise); other formats go through Pillow. No full-size RGB copy is made twice.
+    Deterministic: the same bytes give the same pixels.
+    """
+    height, width = canvas
+    out_h, out_w = size or canvas
+    if min(height, width, out_h, out_w) <= 0:
+        raise InputError(f"canvas size must be positive, got {height}x{width} -> {out_h}x{out_w}")
+    label = name or "<bytes>"
+    im = _open_checked(data, label, max_pixels)
+    w, h = im.size
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: exif_transpose ignores it the same way
+        orientation = 1
+    if orientation not in _ORIENT:
+        orientation = 1
+    dw, dh = (h, w) if orientation in _TRANSPOSING_ORIENTATIONS else (w, h)  # upright size
+    cover = max(height / dh, width / dw)
+    need = max(out_w / (width / cover), out_h / (height / cover))  # output pixels per source pixel
+    factor = _dct_factor(need)
+    if im.format == "JPEG" and im.mode == "RGB":
+        import simplejpeg
+
+        try:
+            # min_width/min_height pick libjpeg's scale (the largest reduction keeping at least that size).
+            a = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // factor),
+                                       min_height=-(-h // factor), strict=True)
+        except (ValueError, RuntimeError, OSError) as exc:  # libjpeg-turbo's errors on damaged data
+            raise InputError(f"{label}: truncated or corrupt image data ({exc})") from exc
+        if orientation != 1:
+            a = _ORIENT[orientation](a)
+    else:
+        if factor > 1:
+            im.draft(None, (-(-w // factor), -(-h // factor)))
+        a = _as_rgb_array(_decode_rgb(im, label), label)
+    return _crop_resize(a, (height, width), (out_h, out_w))
 
 
 def fit_to_canvas(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float, tuple[int, int]]:

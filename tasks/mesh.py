@@ -118,9 +118,12 @@ def validate_depth_and_K(depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, 
     if not np.issubdtype(depth.dtype, np.number):
         raise GeometryError(f"depth must be numeric, got dtype {depth.dtype}")
     depth = depth.astype(np.float64, copy=False)
-    if not np.isfinite(depth).all():
+    # Two reductions and no temporaries on the common (valid) path: NaN propagates through min/max, and
+    # +-inf shows up in one of them. The element counts for the message are computed only on failure.
+    lo, hi = depth.min(), depth.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise GeometryError(f"depth has {int((~np.isfinite(depth)).sum())} non-finite values (NaN/inf)")
-    if (depth < 0).any():
+    if lo < 0:
         raise GeometryError(f"depth has {int((depth < 0).sum())} negative values (use 0 for no surface)")
     K = np.asarray(K, dtype=np.float64)
     if K.shape != (3, 3):
@@ -178,6 +181,17 @@ def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float, tile: 
     return ok, tmin, tmax, n
 
 
+@numba.njit(cache=True, nogil=True)
+def _zero_outside(d: np.ndarray, zmin: float, zmax: float) -> np.ndarray:
+    # One pass, one output array (the numpy form makes three full-size temporaries).
+    out = np.empty_like(d)
+    for i in range(d.shape[0]):
+        for j in range(d.shape[1]):
+            v = d[i, j]
+            out[i, j] = v if zmin <= v <= zmax else 0.0
+    return out
+
+
 def _grid(d: np.ndarray, K: np.ndarray, stride: int, image_size: tuple[int, int], options: MeshOptions) -> DepthGrid:
     ok, tmin, tmax, n = _triangle_mask(d, float(options.min_depth_m), float(options.max_depth_m),
                                        float(options.ratio_threshold), SKIP_TILE)
@@ -194,7 +208,7 @@ def depth_to_grid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshO
     if d.shape[0] < 2 or d.shape[1] < 2:
         raise GeometryError(f"stride {s} leaves fewer than 2x2 vertices for depth of shape {depth.shape}")
     # vertex depths outside the valid range are never referenced; zero them so the grid says so
-    d = np.where((d >= options.min_depth_m) & (d <= options.max_depth_m), d, 0.0)
+    d = _zero_outside(d, float(options.min_depth_m), float(options.max_depth_m))
     return _grid(d, K, s, (int(depth.shape[0]), int(depth.shape[1])), options)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from storage.kitti import KITTI_CROP
-from storage.pngio import depth_to_uint16, uint16_to_depth
+from storage.pngio import depth_to_uint16
 from tasks.build_config import BuildConfig
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
 from tasks.images import intrinsics_for_canvas
@@ -52,23 +52,27 @@ def simulate_sample(
         mesh_options=MeshOptions(max_depth_m=config.max_depth_m, ratio_threshold=config.mesh_ratio_threshold),
         see_through=config.see_through,
     )
-    sparse = depth_to_uint16(scan.sparse)  # the store keeps KITTI uint16 (metres x 256)
+    # The store keeps KITTI uint16 (metres x 256). Only the few % of pixels with a return need converting.
+    hit = scan.sparse > 0
+    sparse = np.zeros((h, w), np.uint16)
+    sparse[hit] = depth_to_uint16(scan.sparse[hit])
     crop = (min(h, KITTI_CROP[0]), min(w, KITTI_CROP[1]))
-    pstats = pattern_stats(uint16_to_depth(sparse), crop=crop)
-    valid = depth[depth > 0]
+    pstats = pattern_stats(sparse, crop=crop)  # uses only "has a return" (> 0), the same in uint16
+    depth = np.asarray(depth, dtype=np.float32)
+    has_depth = bool(depth.max() > 0)
     stats = {
         "lidar_points": int(np.count_nonzero(sparse)),
         "lidar_density": float(pstats["density"]),
         "first_row": int(pstats["first_row"]),
-        "depth_min": float(valid.min()) if valid.size else 0.0,
-        "depth_max": float(valid.max()) if valid.size else 0.0,
+        "depth_min": float(np.min(depth, where=depth > 0, initial=np.inf)) if has_depth else 0.0,
+        "depth_max": float(depth.max()) if has_depth else 0.0,
         "depth_scale": float(policy_info.get("scale", np.nan)),
         "depth_shift": float(policy_info.get("shift", np.nan)),
     }
     arrays = {
         "rgb": canvas,
         "teacher_output": teacher_output.astype(np.float16),
-        "depth": depth.astype(np.float32),
+        "depth": depth,
         "sparse": sparse,
         "K": K.astype(np.float32),
         "lidar_pose": scan.pose.astype(np.float32),

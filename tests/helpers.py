@@ -1,6 +1,7 @@
 """Helpers shared by test modules (import them from here, never from another test module)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 # A build small enough for a server test: five 320-px photos on a 96x320 canvas, three shards.
 SMALL_BUILD = dict(height=96, width=320, shard_size=2, previews=1)
@@ -116,3 +118,146 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# A tiny dataset store (12x20 samples, 4 per shard) with synthetic arrays and manifest rows.
+# Heavy modules (zarr via storage.store, Prefect via flows, torch) are imported inside the functions that
+# need them, so importing this module stays cheap for the server tests.
+H, W, S = 12, 20, 4
+
+
+def make_arrays(n: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    depth = rng.uniform(1, 80, (n, H, W)).astype(np.float32)
+    sparse = np.where(rng.random((n, H, W)) < 0.1, np.rint(depth * 256), 0).astype(np.uint16)
+    K = np.tile(np.array([[50, 0, W / 2], [0, 50, H / 2], [0, 0, 1]], np.float32), (n, 1, 1))
+    pose = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+    pose[:, :3, 3] = rng.normal(size=(n, 3))
+    return {
+        "rgb": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
+        "teacher_output": (1.0 / depth).astype(np.float16),
+        "depth": depth,
+        "sparse": sparse,
+        "K": K,
+        "lidar_pose": pose,
+    }
+
+
+def make_rows(shard: int, n: int, statuses: list[str] | None = None) -> list[dict]:
+    statuses = statuses or ["ok"] * n
+    return [
+        {
+            "sample_id": f"img{shard:02d}-{r}",
+            "source_uri": f"file:///photos/img{shard:02d}.jpg",
+            "content_hash": f"hash{shard}{r}",
+            "seed": 1000 * shard + r,
+            "status": st,
+            "reason": "" if st == "ok" else "unreadable image",
+            "lidar_points": 17 * r,
+            "lidar_density": 0.05,
+        }
+        for r, st in enumerate(statuses)
+    ]
+
+
+def new_store(path: Path, **kw):
+    from storage.store import DatasetStore
+
+    return DatasetStore.create(path, height=H, width=W, shard_size=S, config={"seed": 7}, teacher={"sha256": "abc"},
+                               sensor="hdl64", code_version="test", **kw)
+
+
+def tree_hashes(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name not in exclude
+    }
+
+
+# ---------------------------------------------------------------------------------------------------
+# Real build flow runs on the small photo set (same sizes as SMALL_BUILD).
+SMALL = dict(height=96, width=320, shard_size=2, previews=1)
+
+
+def run_build(images, out, teacher, runner="thread", workers=2, **kw):
+    from flows.build import build_dataset
+    from flows.cli_build import make_task_runner
+
+    params = {**SMALL, **kw}
+    flow = build_dataset.with_options(task_runner=make_task_runner(runner, workers))
+    return flow(images=str(images), out=str(out), teacher=str(teacher), **params)
+
+
+def shard_bytes(store_path: Path) -> dict[str, str]:
+    """sha256 of every array chunk/shard file and manifest part (what a reader consumes)."""
+    out = {}
+    for p in sorted(Path(store_path).rglob("*")):
+        rel = p.relative_to(store_path).as_posix()
+        if p.is_file() and (rel.startswith("manifest/") or "/c/" in rel):
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def arrays_of(store_path: Path) -> dict[str, np.ndarray]:
+    from storage.store import DatasetStore
+
+    store = DatasetStore.open(store_path)
+    idx = [int(i) for i in store.manifest().column("index").to_pylist()]
+    return {i: store.read_arrays(i) for i in idx}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tiny torch teachers exported to ONNX. `_TinyConv` is built on first access (PEP 562 module __getattr__)
+# so that only the tests that use it pay for importing torch.
+def _make_tiny_conv():
+    import torch
+
+    class _TinyConv(torch.nn.Module):
+        """A tiny conv net with fixed weights: [B,3,H,W] -> [B,H,W]."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
+            self.conv2 = torch.nn.Conv2d(4, 1, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.softplus(self.conv2(torch.relu(self.conv1(x))))[:, 0]
+
+    return _TinyConv
+
+
+_LAZY: dict[str, object] = {}
+
+
+def __getattr__(name: str):
+    if name == "_TinyConv":
+        if name not in _LAZY:
+            _LAZY[name] = _make_tiny_conv()
+        return _LAZY[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def export_torch(module, path: Path, *, metadata: dict | None = None) -> Path:
+    import torch
+
+    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
+    torch.onnx.export(
+        module.eval(), (torch.randn(2, 3, 28, 42),), str(path), input_names=["pixel_values"],
+        output_names=["predicted_depth"], dynamic_shapes={"x": {0: batch, 2: h, 3: w}}, dynamo=True, verbose=False,
+    )
+    if metadata:
+        add_metadata(path, metadata)
+    return path
+
+
+def add_metadata(path: Path, metadata: dict) -> Path:
+    import onnx
+
+    proto = onnx.load(str(path))
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(proto, str(path))
+    return path

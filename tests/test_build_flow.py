@@ -1,7 +1,6 @@
 """The build / repair flows: real Prefect flow runs, a real ONNX teacher, real ray casting, real Zarr shards."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,36 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from flows.build import build_dataset, repair_dataset
+from flows.build import repair_dataset
 from flows.cli import main as cli_main
-from flows.cli_build import make_task_runner
 from storage.store import DatasetStore
 from tasks.errors import StoreError, TeacherError
-
-SMALL = dict(height=96, width=320, shard_size=2, previews=1)
-
-
-def run_build(images, out, teacher, runner="thread", workers=2, **kw):
-    params = {**SMALL, **kw}
-    flow = build_dataset.with_options(task_runner=make_task_runner(runner, workers))
-    return flow(images=str(images), out=str(out), teacher=str(teacher), **params)
-
-
-def shard_bytes(store_path: Path) -> dict[str, str]:
-    """sha256 of every array chunk/shard file and manifest part (what a reader consumes)."""
-    out = {}
-    for p in sorted(Path(store_path).rglob("*")):
-        rel = p.relative_to(store_path).as_posix()
-        if p.is_file() and (rel.startswith("manifest/") or "/c/" in rel):
-            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def arrays_of(store_path: Path) -> dict[str, np.ndarray]:
-    store = DatasetStore.open(store_path)
-    idx = [int(i) for i in store.manifest().column("index").to_pylist()]
-    return {i: store.read_arrays(i) for i in idx}
-
+from tests.helpers import SMALL, arrays_of, run_build, shard_bytes
 
 @pytest.fixture
 def bad_images(small_images, tmp_path) -> Path:
@@ -137,11 +111,13 @@ def test_repair_reruns_only_missing_shards_and_is_idempotent(prefect_harness, sm
     assert shard_bytes(store) == ref_bytes
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_same_inputs_give_identical_shards_with_any_runner(prefect_harness, small_images, tiny_teacher_onnx,
                                                            tmp_path):
     runs = {
-        "thread1": dict(runner="thread", workers=1),
+        "thread1": dict(runner="thread", workers=1),  # shards written by the simulation process pool
         "thread3": dict(runner="thread", workers=3),
+        "thread2-inline": dict(runner="thread", workers=2, sim_workers=0),  # written in the task threads
         "process2": dict(runner="process", workers=2),
         "dask2": dict(runner="dask", workers=2),
     }
@@ -199,13 +175,15 @@ def test_transient_io_errors_are_retried(prefect_harness, small_images, tiny_tea
     assert max(calls.values()) >= 2
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_teacher_cache_survives_a_process_restart(prefect_harness, small_images, tiny_teacher_onnx, tmp_path):
     import os
     import subprocess
     import sys
 
     run_build(small_images, tmp_path / "first.zarr", tiny_teacher_onnx)
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": ""}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": "",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}  # a loaded CI box starts it slowly
     cmd = [sys.executable, "-m", "flows.cli", "build", "--quiet", "--images", str(small_images), "--out",
            str(tmp_path / "second.zarr"), "--teacher", str(tiny_teacher_onnx), "--sensor", "os1_64",
            *[f"--{k.replace('_', '-')}={v}" for k, v in SMALL.items()]]

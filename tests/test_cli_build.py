@@ -9,6 +9,7 @@ from flows.cli import main as cli_main
 from model.teacher import DEFAULT_TEACHER
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_build_without_arguments_makes_the_demo_dataset(prefect_harness, tmp_path, monkeypatch, capsys):
     """The README's first command: shipped images, embedded teacher, KITTI-sized canvas."""
     if not DEFAULT_TEACHER.is_file():
@@ -45,3 +46,34 @@ def test_bad_input_exits_2_with_a_one_line_reason(prefect_harness, small_images,
     assert cli_main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
+
+
+def test_build_defaults_have_one_source_and_typed_choices():
+    """BuildConfig/RunDefaults are the defaults of the flow signature (the Prefect UI form) and of the CLI;
+    sensor and backend are enums in the form, so the UI shows dropdowns."""
+    import argparse
+
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.build import build_dataset
+    from flows.cli_build import register
+    from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS
+    from tasks.sensors import list_profiles
+
+    props = parameter_schema(build_dataset).model_dump_for_openapi()["properties"]
+    assert props["sensor"]["enum"] == list_profiles() and props["backend"]["enum"] == list(BACKENDS)
+    sub = argparse.ArgumentParser().add_subparsers()
+    register(sub)
+    cli = vars(sub.choices["build"].parse_args([]))
+    for name in ("height", "width", "fx", "sensor", "backend", "samples_per_image", "shard_size", "seed"):
+        assert props[name].get("default") == getattr(BUILD_DEFAULTS, name) == cli[name], name
+    for name in ("teacher_batch_size", "previews", "sim_workers"):
+        assert props[name].get("default") == getattr(RUN_DEFAULTS, name) == cli[name], name
+    assert BUILD_DEFAULTS.shard_size >= 64  # shards of tens of MB at the KITTI canvas
+
+
+def test_cli_sensor_file_goes_to_the_flow_as_sensor_file():
+    from flows.cli_build import split_sensor
+
+    assert split_sensor("vlp16") == ("vlp16", None)
+    assert split_sensor("/profiles/my_lidar.yaml") == ("hdl64e_kitti", "/profiles/my_lidar.yaml")

@@ -9,14 +9,18 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 import numpy as np
 
 from flows.build import repair_dataset
 from storage.store import LOCK_NAME, DatasetStore
-from tests.test_build_flow import SMALL, arrays_of, run_build, shard_bytes
+from tests.helpers import SMALL, arrays_of, run_build, shard_bytes
 
-# Runs the real build in a child process; when shard 1's arrays are written and its manifest part (the
-# commit marker) is about to be published, it signals the test and hangs, so the kill lands mid-shard.
+# Runs the real build (default runner: shards are written by the spawned simulation processes) in a child
+# process; when shard 1's arrays are written and its manifest part (the commit marker) is about to be
+# published, it signals the test and hangs, so the kill lands mid-shard. The hook sits at module level of a
+# script file, so spawn runs it in every simulation worker too (as __mp_main__).
 CHILD = textwrap.dedent(
     """
     import sys, time
@@ -33,21 +37,25 @@ CHILD = textwrap.dedent(
         publish(path, table)
 
     mf.write_part = hang_on_shard_1
-    from flows.build import build_dataset
-    from flows.cli_build import make_task_runner
-    build_dataset.with_options(task_runner=make_task_runner("thread", 1))(
-        images=images, out=out, teacher=teacher, **{SMALL!r})
+
+    if __name__ == "__main__":
+        from flows.build import build_dataset
+        build_dataset(images=images, out=out, teacher=teacher, sim_workers=2, **{SMALL!r})
     """
 ).replace("{SMALL!r}", repr(SMALL))
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_kill9_mid_shard_write_then_repair(prefect_harness, small_images, tiny_teacher_onnx, tmp_path):
     store = tmp_path / "killed.zarr"
     ready = tmp_path / "ready"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": "",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    script = tmp_path / "child_build.py"
+    script.write_text(CHILD)
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(ready), str(small_images), str(store), str(tiny_teacher_onnx)],
+        [sys.executable, str(script), str(ready), str(small_images), str(store), str(tiny_teacher_onnx)],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     try:

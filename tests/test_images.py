@@ -162,3 +162,51 @@ def test_intrinsics_for_canvas():
     np.testing.assert_allclose(K, [[721.5, 0, 607.5], [0, 721.5, 175.5], [0, 0, 1]])
     with pytest.raises(InputError):
         intrinsics_for_canvas(10, 10, fx=-1.0)
+
+
+def _photo(h: int = 600, w: int = 900) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.stack([128 + 100 * np.sin(xx / 37.0), 128 + 100 * np.cos(yy / 23.0), (xx + yy) % 256], -1)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("size", [None, (20, 70)])
+def test_load_fitted_matches_decode_then_fit(size):
+    """The fast path (libjpeg-turbo DCT scaling + crop + OpenCV resample) gives the picture that decoding in
+    full and fitting gives, up to resampling differences; the teacher's size stretches the same region."""
+    from tasks.images import load_fitted
+
+    data = _encode(Image.fromarray(_photo()), "JPEG", quality=95)
+    ref = fit_to_canvas(load_image(data, name="p.jpg"), 60, 200)[0]
+    if size:
+        ref = np.asarray(Image.fromarray(ref).resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    out = load_fitted(data, name="p.jpg", canvas=(60, 200), size=size)
+    assert out.shape == ref.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - ref).mean() < 6
+    np.testing.assert_array_equal(out, load_fitted(data, name="p.jpg", canvas=(60, 200), size=size))  # deterministic
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_load_fitted_applies_exif_orientation(fmt):
+    from tasks.images import load_fitted
+
+    rgb = _photo(90, 60)  # portrait pixels, shown rotated 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(rgb), fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    upright = np.rot90(rgb, k=-1)
+    ref = fit_to_canvas(np.ascontiguousarray(upright), 30, 45)[0]
+    out = load_fitted(data, name=f"rot.{fmt.lower()}", canvas=(30, 45))
+    assert out.shape == (30, 45, 3)
+    assert np.abs(out.astype(int) - ref).mean() < 8  # a wrong orientation differs by ~60
+
+
+def test_load_fitted_rejects_like_load_image():
+    from tasks.images import load_fitted
+
+    good = _encode(Image.fromarray(_photo()), "JPEG")
+    for data, needle in [(b"", "zero-byte"), (b"not an image", "not an image"), (good[: len(good) // 3], "truncated"),
+                         (_encode(Image.fromarray(np.zeros((8, 8), np.uint8), "L"), "PNG"), "grayscale")]:
+        with pytest.raises(InputError, match=needle) as exc:
+            load_fitted(data, name="bad.jpg", canvas=(10, 20))
+        assert "bad.jpg" in str(exc.value)

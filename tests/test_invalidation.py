@@ -87,21 +87,21 @@ def test_shard_key_follows_plan_teacher_config_and_code(tmp_path):
 def test_editing_a_profile_reruns_its_shards_and_nothing_else_does(prefect_harness, small_images, tiny_teacher_onnx,
                                                                    tmp_path):
     """The issue's scenario: build with --sensor my.yaml, edit my.yaml (16 -> 64 beams), build again."""
-    from tests.test_build_flow import run_build, shard_bytes
+    from tests.helpers import run_build, shard_bytes
 
     profile = tmp_path / "my.yaml"
     profile.write_text((PROFILE_DIR / "vlp16.yaml").read_text())
     out = tmp_path / "ds.zarr"
-    first = run_build(small_images, out, tiny_teacher_onnx, sensor=str(profile))
+    first = run_build(small_images, out, tiny_teacher_onnx, sensor_file=str(profile))
     assert first["shards_run"] == 3
     before = shard_bytes(out)
-    again = run_build(small_images, out, tiny_teacher_onnx, sensor=str(profile))
+    again = run_build(small_images, out, tiny_teacher_onnx, sensor_file=str(profile))
     assert again["shards_run"] == 0 and shard_bytes(out) == before  # nothing changed: nothing reruns
 
     profile.write_text((PROFILE_DIR / "hdl64e_kitti.yaml").read_text())
-    edited = run_build(small_images, out, tiny_teacher_onnx, sensor=str(profile))
+    edited = run_build(small_images, out, tiny_teacher_onnx, sensor_file=str(profile))
     assert edited["shards_run"] == 3
     assert edited["lidar_density_mean"] > 2 * first["lidar_density_mean"], (first["lidar_density_mean"],
                                                                            edited["lidar_density_mean"])
-    fresh = run_build(small_images, tmp_path / "fresh.zarr", tiny_teacher_onnx, sensor=str(profile))
+    fresh = run_build(small_images, tmp_path / "fresh.zarr", tiny_teacher_onnx, sensor_file=str(profile))
     assert shard_bytes(out) == shard_bytes(tmp_path / "fresh.zarr")  # same as a store built from scratch

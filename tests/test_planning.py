@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from storage.cache import ArrayCache
-from tasks.errors import InputError
+from tasks.errors import InputError, StoreError
 from tasks.planning import discover_inputs, plan_shards, sample_id_for
 
 
@@ -106,3 +106,33 @@ def test_array_cache_roundtrip_and_atomicity(tmp_path):
     assert cache.clear_temporaries() == 1
     with pytest.raises(ValueError):
         cache.get("teacher", "not-hex")
+
+
+def test_plan_fast_ids_and_seeds_equal_the_reference_formulas():
+    from tasks.planning import InputImage, _sample_seed, sample_id_for
+    from tasks.provenance import derive_seed
+
+    items = [InputImage(key=f"dir/ü{i}.jpg", uri=f"/x/{i}.jpg") for i in range(50)]
+    plan = plan_shards(items, shard_size=7, samples_per_image=2, seed=123)
+    for s in plan.samples:
+        assert s.sample_id == sample_id_for(s.key, s.variant)
+        assert s.seed == derive_seed(123, s.sample_id) == _sample_seed(123, s.sample_id)
+
+
+def test_array_cache_float16_maps_roundtrip_bit_exact(tmp_path):
+    """Teacher maps are stored as row deltas of their 16-bit patterns: every bit pattern survives (NaN, inf,
+    -0.0, subnormals), and other arrays are stored as they are."""
+    cache = ArrayCache(tmp_path / "c")
+    rng = np.random.default_rng(0)
+    smooth = np.cumsum(rng.normal(0, 0.01, (37, 53)), axis=1).astype(np.float16)
+    smooth[0, :4] = [np.nan, np.inf, -0.0, np.float16(6e-8)]
+    cache.put("teacher", "01" * 32, smooth)
+    back = cache.get("teacher", "01" * 32)
+    assert back.dtype == np.float16 and back.shape == smooth.shape
+    np.testing.assert_array_equal(back.view(np.uint16), smooth.view(np.uint16))
+    other = rng.normal(size=(3, 4, 5)).astype(np.float32)
+    cache.put("teacher", "02" * 32, other)
+    np.testing.assert_array_equal(cache.get("teacher", "02" * 32), other)
+    (tmp_path / "c" / "teacher" / "01" / ("01" * 32 + ".npy.zst")).write_bytes(b"garbage")
+    with pytest.raises(StoreError, match="unreadable cache entry"):
+        cache.get("teacher", "01" * 32)

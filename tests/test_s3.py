@@ -14,7 +14,7 @@ import pytest
 from storage.store import DatasetStore
 from storage.verify import verify_store
 from tasks.errors import StoreError
-from tests.test_storage import S, make_arrays, make_rows
+from tests.helpers import S, make_arrays, make_rows
 
 
 def _free_port() -> int:
@@ -123,7 +123,7 @@ def test_dask_build_on_s3_then_verify_and_repair(s3_server, prefect_harness, sma
                                                 tmp_path):
     from flows.build import repair_dataset
     from flows.cli import main as cli_main
-    from tests.test_build_flow import SMALL, run_build
+    from tests.helpers import SMALL, run_build
 
     url = "s3://bucket/dask.zarr"
     res = run_build(small_images, url, tiny_teacher_onnx, runner="dask", workers=2,

@@ -1,7 +1,6 @@
 """Dataset store: round trips, crash safety, idempotence, manifest merge, Dataset + DataLoader, bad inputs."""
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import subprocess
@@ -15,55 +14,9 @@ import pytest
 from storage import manifest as mf
 from storage.store import ARRAYS, DatasetStore, sample_shape
 from tasks.errors import StoreError
+from tests.helpers import H, W, S, make_arrays, make_rows, new_store, tree_hashes
 
-H, W, S = 12, 20, 4
 REPO = Path(__file__).resolve().parent.parent
-
-
-def make_arrays(n: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    depth = rng.uniform(1, 80, (n, H, W)).astype(np.float32)
-    sparse = np.where(rng.random((n, H, W)) < 0.1, np.rint(depth * 256), 0).astype(np.uint16)
-    K = np.tile(np.array([[50, 0, W / 2], [0, 50, H / 2], [0, 0, 1]], np.float32), (n, 1, 1))
-    pose = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
-    pose[:, :3, 3] = rng.normal(size=(n, 3))
-    return {
-        "rgb": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
-        "teacher_output": (1.0 / depth).astype(np.float16),
-        "depth": depth,
-        "sparse": sparse,
-        "K": K,
-        "lidar_pose": pose,
-    }
-
-
-def make_rows(shard: int, n: int, statuses: list[str] | None = None) -> list[dict]:
-    statuses = statuses or ["ok"] * n
-    return [
-        {
-            "sample_id": f"img{shard:02d}-{r}",
-            "source_uri": f"file:///photos/img{shard:02d}.jpg",
-            "content_hash": f"hash{shard}{r}",
-            "seed": 1000 * shard + r,
-            "status": st,
-            "reason": "" if st == "ok" else "unreadable image",
-            "lidar_points": 17 * r,
-            "lidar_density": 0.05,
-        }
-        for r, st in enumerate(statuses)
-    ]
-
-
-def new_store(path: Path, **kw) -> DatasetStore:
-    return DatasetStore.create(path, height=H, width=W, shard_size=S, config={"seed": 7}, teacher={"sha256": "abc"},
-                               sensor="hdl64", code_version="test", **kw)
-
-
-def tree_hashes(root: Path, exclude: tuple[str, ...] = ()) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and p.name not in exclude
-    }
 
 
 def test_round_trip_every_array_bit_for_bit(tmp_path):
@@ -150,7 +103,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     sys.path.insert(0, {repo!r})
-    from tests.test_storage import make_arrays, make_rows, new_store
+    from tests.helpers import make_arrays, make_rows, new_store
     from pathlib import Path
     store = new_store(Path({path!r}))
     store.ensure_shards(2)

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from flows.cli import main
-from tests.test_storage import make_arrays, make_rows, new_store, S
+from tests.helpers import make_arrays, make_rows, new_store, S
 
 
 def _store(tmp_path):

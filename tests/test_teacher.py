@@ -14,48 +14,16 @@ import model.teacher as teacher_mod
 from model.teacher import Teacher, choose_providers, default_teacher_path, network_size, resize_bilinear
 from tasks.errors import TeacherError
 from tasks.provenance import sha256_file
+from tests.helpers import _TinyConv, add_metadata, export_torch
 
 
 # ---------------------------------------------------------------------------------------------------
 # Model builders
-class _TinyConv(torch.nn.Module):
-    """A tiny conv net with fixed weights: [B,3,H,W] -> [B,H,W]."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(4, 1, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.softplus(self.conv2(torch.relu(self.conv1(x))))[:, 0]
-
-
 class _Ramp(torch.nn.Module):
     """Output = column index + 1 at the network resolution, whatever the pixels: exposes the resizing."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.ones_like(x[:, 0]).cumsum(-1)
-
-
-def export_torch(module: torch.nn.Module, path: Path, *, metadata: dict | None = None) -> Path:
-    batch, h, w = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
-    torch.onnx.export(
-        module.eval(), (torch.randn(2, 3, 28, 42),), str(path), input_names=["pixel_values"],
-        output_names=["predicted_depth"], dynamic_shapes={"x": {0: batch, 2: h, 3: w}}, dynamo=True, verbose=False,
-    )
-    if metadata:
-        add_metadata(path, metadata)
-    return path
-
-
-def add_metadata(path: Path, metadata: dict) -> Path:
-    proto = onnx.load(str(path))
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(proto, str(path))
-    return path
 
 
 def graph_model(path: Path, nodes, inputs, outputs, initializers=()) -> Path:

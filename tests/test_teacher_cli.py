@@ -12,7 +12,7 @@ import model.teacher as teacher_mod
 from flows.cli import main
 from flows.cli_teacher import output_stems, parse_providers
 from tasks.images import colorize, load_image
-from tests.test_teacher import _TinyConv, export_torch
+from tests.helpers import _TinyConv, export_torch
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +21,7 @@ def tiny_onnx(tmp_path_factory):
                         metadata={"monolidar.short_side": 56})
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_teacher_on_natural_photos(shared_data, tiny_onnx, tmp_path, capsys):
     out = tmp_path / "out"
     rc = main(["teacher", "--images", str(shared_data / "natural"), "--out", str(out), "--teacher", str(tiny_onnx),

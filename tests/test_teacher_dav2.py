@@ -99,6 +99,7 @@ def test_state_dict_roundtrip_and_mismatches(tmp_path):
         load_official_state_dict(DepthAnythingV2Small(depth=2, taps=(0, 1)), tmp_path / "ok.pth")
 
 
+@pytest.mark.slow  # > 10 s on this box; .ci/run runs it
 def test_export_small_config_dynamic(tmp_path):
     net = small_net()
     report = export_onnx(net, tmp_path / "s.onnx", height=56, width=70)

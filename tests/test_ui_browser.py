@@ -51,7 +51,7 @@ def test_custom_run_from_the_browser(tmp_path, small_images, tiny_teacher_onnx):
                 page.wait_for_url("**/run**")
 
                 # The form comes from build_dataset's signature and docstring.
-                expect(page.get_by_text("samples per shard = the unit one task writes whole.")).to_be_visible()
+                expect(page.get_by_text("samples per shard = the unit one task writes whole")).to_be_visible()
                 run_field = page.locator(".flow-run-name-input input")
                 run_field.fill(run_name)
                 _field(page, "images").locator("textarea").fill(str(small_images))

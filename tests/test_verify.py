@@ -15,7 +15,7 @@ from storage import manifest as mf
 from storage.plan import read_plan, write_plan
 from storage.store import DatasetStore
 from storage.verify import verify_store
-from tests.test_storage import S, make_arrays, make_rows, new_store, tree_hashes
+from tests.helpers import S, make_arrays, make_rows, new_store, tree_hashes
 
 N_SHARDS = 3
 
@@ -155,7 +155,7 @@ def test_verify_then_repair_flow_restores_a_built_store(prefect_harness, small_i
     """Every fault at once on a store made by the real build flow; `verify` marks, the real `repair` flow
     rebuilds, and the store's shards, manifest and plan are byte-identical to the undamaged build."""
     from flows.build import repair_dataset
-    from tests.test_build_flow import run_build, shard_bytes
+    from tests.helpers import run_build, shard_bytes
 
     out = tmp_path / "ds.zarr"
     res = run_build(small_images, out, tiny_teacher_onnx, samples_per_image=2, cache_dir=str(tmp_path / "cache"))

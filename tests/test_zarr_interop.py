@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from storage.store import ARRAYS, DatasetStore
-from tests.test_storage import S, make_arrays, make_rows, new_store
+from tests.helpers import S, make_arrays, make_rows, new_store
 
 # Runs with monolidar's packages made unimportable (the venv may hold an editable install of it): only zarr +
 # numpy + pyarrow. Prints {array: sha256 of all its bytes} and the codecs seen.

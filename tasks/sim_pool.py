@@ -1,0 +1,92 @@
+"""A process pool for the CPU side of the build (decode, simulate, encode, write), beside the teacher.
+
+Why processes: the per-sample work is a mix of Python, numpy, Numba and codec calls; in threads of one
+process it contends for the GIL with the teacher thread's pre/post-processing, and a 2-thread build used
+123 % of 200 %. Why ``spawn``: forking a process that holds an onnxruntime session, Prefect's event loop
+threads and OpenMP pools is unsafe. Why ``nice``: the teacher is the stage a build is sized around (on a
+GPU box it is the expensive resource), so simulation runs at a lower CPU priority and fills the time the
+teacher leaves idle instead of making its threads wait.
+
+The pool is created on first use and reused by later builds in the same process (workers keep their
+imports and Numba code warm); it is shut down when the process exits. Work functions are plain module-level
+functions; their results must pickle and be small.
+"""
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import os
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable
+
+# CPU priority of simulation workers relative to the flow process (0..19; higher = yields more).
+SIM_NICE = 10
+
+_LOCK = threading.Lock()
+_POOL: ProcessPoolExecutor | None = None
+_POOL_KEY: tuple | None = None
+
+
+def default_workers() -> int:
+    """One simulation process per CPU this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _init_worker(nice: int) -> None:
+    if nice:
+        try:
+            os.nice(nice)
+        except OSError:  # not permitted here: run at normal priority
+            pass
+    # One thread per worker: the pool is the parallelism; nested thread pools would oversubscribe the cores.
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+
+
+def get_pool(workers: int, *, nice: int = SIM_NICE) -> ProcessPoolExecutor:
+    """The process-wide simulation pool with ``workers`` processes (replaced if the size changes)."""
+    global _POOL, _POOL_KEY
+    key = (int(workers), int(nice))
+    with _LOCK:
+        if _POOL is not None and _POOL_KEY != key:
+            _POOL.shutdown(wait=True)
+            _POOL = None
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(max_workers=key[0], mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker, initargs=(key[1],))
+            _POOL_KEY = key
+        return _POOL
+
+
+def run_in_pool(workers: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(*args, **kwargs)`` in the simulation pool (``workers`` > 0) or here (0) and return its result.
+    Exceptions raised by ``fn`` propagate unchanged (they pickle: MonolidarError subclasses do)."""
+    if workers <= 0:
+        return fn(*args, **kwargs)
+    fut: Future = get_pool(workers).submit(fn, *args, **kwargs)
+    try:
+        return fut.result()
+    except BrokenProcessPool:
+        # A worker died (killed, out of memory): drop the pool so a retry of the task gets a fresh one.
+        shutdown()
+        raise
+
+
+def shutdown() -> None:
+    global _POOL, _POOL_KEY
+    with _LOCK:
+        if _POOL is not None:
+            _POOL.shutdown(wait=True, cancel_futures=True)
+        _POOL, _POOL_KEY = None, None
+
+
+atexit.register(shutdown)
