@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from storage.store import DatasetStore
-from tests.helpers import UICommand, free_port
+from tests.helpers import UICommand, free_port, wait_for_flow_run
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,13 @@ def test_custom_run_from_the_browser(tmp_path, small_images, tiny_teacher_onnx):
 
                 page.get_by_role("link", name=run_name).click()
                 page.wait_for_url("**/runs/flow-run/**")
-                expect(page.get_by_text("Completed").first).to_be_visible(timeout=400_000)
+                # Other text on the page can read "Completed" while this run is still Running, so wait for the
+                # run's own terminal state (the id is in the URL), then check the page shows it.
+                run_id = page.url.rstrip("/").split("/runs/flow-run/")[1].split("?")[0].split("/")[0]
+                state = wait_for_flow_run(f"{base}/api", run_id)
+                assert state["type"] == "COMPLETED", state
+                page.reload()
+                expect(page.get_by_text("Completed", exact=True).first).to_be_visible()
 
                 page.locator("li.p-tab", has_text="Artifacts").click()
                 for key in ("build-progress", "build-previews"):
