@@ -55,29 +55,6 @@ def tree_rss(pid: int) -> int:
     return total
 
 
-def export_tiny_teacher(path: Path) -> Path:
-    """A real but tiny ONNX depth model (disparity rising toward the image bottom, modulated by the image):
-    milliseconds per image, so a scale run measures the build's own CPU path, memory and bytes."""
-    import onnx
-    import torch
-
-    class GroundPlaneDisparity(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            rows = torch.ones_like(x[:, 0]).cumsum(1) / x.shape[2]
-            return 0.02 + torch.relu(rows - 0.45) * 2.0 + 0.05 * torch.sigmoid(x.mean(1))
-
-    b, h, w = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
-    torch.onnx.export(GroundPlaneDisparity().eval(), (torch.randn(2, 3, 28, 56),), str(path),
-                      input_names=["pixel_values"], output_names=["predicted_depth"],
-                      dynamic_shapes={"x": {0: b, 2: h, 3: w}}, dynamo=True, verbose=False)
-    proto = onnx.load(str(path))
-    for k, v in {"monolidar.output_kind": "disparity", "monolidar.short_side": "56"}.items():
-        e = proto.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(proto, str(path))
-    return path
-
-
 def run_build(list_file: Path, work: Path, args: argparse.Namespace) -> dict:
     store, cache = work / "store.zarr", work / "cache"
     prefect_home = Path(tempfile.mkdtemp(prefix="bench-prefect-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None))
@@ -201,7 +178,9 @@ def main() -> None:
         if len(photos) < max(sizes):
             raise SystemExit(f"{args.images_dir} has {len(photos)} photos, need {max(sizes)}")
         if args.teacher == "tiny":
-            args.teacher = str(export_tiny_teacher(Path(tempfile.mkdtemp(prefix="bench-teacher-")) / "tiny.onnx"))
+            from model.export import export_ground_plane_teacher
+
+            args.teacher = str(export_ground_plane_teacher(Path(tempfile.mkdtemp(prefix="bench-teacher-")) / "tiny.onnx"))
         print(f"builds at {args.height}x{args.width}, shard size {args.shard_size}, teacher "
               f"{args.teacher or 'embedded'}, {os.cpu_count()} CPUs")
         for n in sizes:

@@ -127,3 +127,31 @@ def export_teacher_onnx(model: nn.Module, out: str | Path, *, short_side: int, c
                                        "predicted_depth": {0: "batch", 1: "height", 2: "width"}},
                          metadata=meta, opset=17, producer="monolidar.train-teacher")
     return {**res, "ort_vs_torch_rel_err": res["max_abs_diff"], **meta}
+
+
+class GroundPlaneDisparity(nn.Module):
+    """A stand-in depth teacher: disparity rising toward the image bottom like a ground plane, modulated by the
+    image so outputs differ per input. Milliseconds per image, so tests and scale benches measure the build's
+    own CPU path rather than a network."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = torch.ones_like(x[:, 0]).cumsum(1) / x.shape[2]  # 0..1 top -> bottom
+        return 0.02 + torch.relu(rows - 0.45) * 2.0 + 0.05 * torch.sigmoid(x.mean(1))
+
+
+def export_ground_plane_teacher(path: str | Path) -> Path:
+    """Write ``GroundPlaneDisparity`` as a real ONNX teacher (DA-V2 I/O names, dynamic batch and size, short
+    side 56 in its metadata)."""
+    import onnx
+
+    path = Path(path)
+    b, h, w = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
+    torch.onnx.export(GroundPlaneDisparity().eval(), (torch.randn(2, 3, 28, 56),), str(path),
+                      input_names=["pixel_values"], output_names=["predicted_depth"],
+                      dynamic_shapes={"x": {0: b, 2: h, 3: w}}, dynamo=True, verbose=False)
+    proto = onnx.load(str(path))
+    for k, v in {"monolidar.output_kind": "disparity", "monolidar.short_side": "56"}.items():
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+    onnx.save(proto, str(path))
+    return path

@@ -40,27 +40,9 @@ def prefect_harness():
 def tiny_teacher_onnx(tmp_path_factory) -> Path:
     """A small real ONNX depth model (torch -> ONNX) whose disparity grows toward the bottom of the image
     like a ground plane, modulated by the image so outputs differ per input. Runs in milliseconds."""
-    import onnx
-    import torch
+    from model.export import export_ground_plane_teacher
 
-    class GroundPlaneDisparity(torch.nn.Module):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            rows = torch.ones_like(x[:, 0]).cumsum(1) / x.shape[2]  # 0..1 top -> bottom
-            texture = torch.sigmoid(x.mean(1))  # image-dependent term
-            return 0.02 + torch.relu(rows - 0.45) * 2.0 + 0.05 * texture
-
-    path = tmp_path_factory.mktemp("teacher") / "tiny_teacher.onnx"
-    b, h, w = torch.export.Dim("batch"), torch.export.Dim("h"), torch.export.Dim("w")
-    torch.onnx.export(
-        GroundPlaneDisparity().eval(), (torch.randn(2, 3, 28, 56),), str(path), input_names=["pixel_values"],
-        output_names=["predicted_depth"], dynamic_shapes={"x": {0: b, 2: h, 3: w}}, dynamo=True, verbose=False,
-    )
-    proto = onnx.load(str(path))
-    for k, v in {"monolidar.output_kind": "disparity", "monolidar.short_side": "56"}.items():
-        e = proto.metadata_props.add()
-        e.key, e.value = k, v
-    onnx.save(proto, str(path))
-    return path
+    return export_ground_plane_teacher(tmp_path_factory.mktemp("teacher") / "tiny_teacher.onnx")
 
 
 @pytest.fixture(scope="session")

