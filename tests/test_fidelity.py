@@ -144,13 +144,12 @@ def test_fidelity_cli_json_and_errors(prefect_harness, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_shared_scans_meet_the_targets(shared_data):
-    """The issue's acceptance figures (README "Sensor calibration and fidelity"). nuScenes, fitted hdl32e,
-    teacher aligned to the scan: first-return row and rows covered within 10 % of the real sweep; density is
-    not (+14 %: the real sweep loses whole far tree crowns and glass that the run-aware drop fit cannot see),
-    so it is held to its measured level and to beating the depth policy's draw (+22 %). hdl64e_kitti on both
-    KITTI frames against the ground-truth pattern (a proxy: there is no real KITTI scan in the shared data):
-    first-return row and rows covered within 10 % with the build's depth-policy draw, rows covered also
-    aligned (aligned first row: +11 % on frame 5, -2 % on frame 50)."""
+    """The issue's acceptance figures (README "Sensor calibration and fidelity"). nuScenes, fitted hdl32e (with
+    the photo-fitted link budget), teacher aligned to the scan: density, KITTI-crop density, first-return row
+    and rows covered within 10 % of the real sweep, and a Wasserstein distance below the 3.01 m of the sweep-only
+    fit (3.96 m before issue 13). hdl64e_kitti on both KITTI frames against the ground-truth pattern (a proxy:
+    there is no real KITTI scan in the shared data): first-return row and rows covered within 10 % with the
+    build's depth-policy draw, rows covered also aligned (aligned first row: +11 % on frame 5, -2 % on 50)."""
     from tasks.fidelity_tasks import fidelity_report
 
     nus = shared_data / "real_lidar" / "nuscenes"
@@ -159,9 +158,8 @@ def test_shared_scans_meet_the_targets(shared_data):
     rep = fidelity_report(image=None, scan=str(nus / "lidar_top.pcd.bin"), calib=str(nus / "calib.json"),
                           sensor="hdl32e", seeds=8)
     s, p = rep["stats"], rep["policy_draw"]["stats"]
-    assert s["first_row"]["within_tolerance"] and s["rows_covered"]["within_tolerance"], s
-    assert s["density_kitti_crop"]["within_tolerance"], s
-    assert abs(s["density"]["rel_error"]) < 0.16 and abs(s["density"]["rel_error"]) < abs(p["density"]["rel_error"])
+    assert rep["passed"], s
+    assert rep["wasserstein_m"] < 3.01
     assert p["first_row"]["within_tolerance"], p
     for frame in ("0000000005", "0000000050"):
         rep = fidelity_report(image=str(shared_data / "kitti_gt" / "rgb" / f"{frame}.png"),
