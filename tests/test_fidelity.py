@@ -167,3 +167,36 @@ def test_shared_scans_meet_the_targets(shared_data):
                               intrinsics=K_KITTI, sensor="hdl64e_kitti", seeds=8)
         assert rep["policy_draw"]["passed"], (frame, rep["policy_draw"]["stats"])
         assert rep["stats"]["rows_covered"]["within_tolerance"], (frame, rep["stats"])
+
+
+def test_fidelity_flow_fails_readably(prefect_harness, tmp_path):
+    """A bad scan ends the run Failed with the one-line reason naming the file (flows.failures), before any
+    teacher runs; a direct call (the CLI) still raises the domain error."""
+    from flows.fidelity import fidelity_flow
+    from tasks.errors import InputError
+
+    bad = tmp_path / "broken.pcd.bin"
+    bad.write_bytes(b"\0" * 7)
+    state = fidelity_flow(scan=str(bad), calib=str(NUS_CALIB), sensor="hdl32e", seeds=1, return_state=True)
+    assert state.is_failed() and str(bad) in state.message and "\n" not in state.message
+    with pytest.raises(InputError):
+        state.result()
+    state = fidelity_flow(image=str(FIX / "nuscenes_front.jpg"), seeds=1, return_state=True)
+    assert state.is_failed() and state.message.startswith("InputError: give either a real scan")
+
+
+def test_sensor_fidelity_is_a_deployment_with_a_documented_form():
+    """prefect.yaml deploys the flow (the UI's form comes from its signature: every parameter described)."""
+    import importlib
+
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    root = Path(__file__).resolve().parent.parent
+    spec = {d["name"]: d for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]}
+    path, name = spec["sensor-fidelity"]["entrypoint"].split(":")
+    fl = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    assert fl.name == "sensor-fidelity"
+    props = parameter_schema(fl).model_dump_for_openapi()["properties"]
+    assert {"scan", "calib", "image", "sensor", "seeds", "align"} <= set(props)
+    assert all(p.get("description") for p in props.values()), props
