@@ -39,6 +39,8 @@ keys of tasks/sensors/*.yaml) and a report out. What is fitted and how:
   With the photo of the sweep (``fit_detection_range``), R is fitted to the firings that point at a surface the
   camera sees, at the range the (scan-aligned) teacher gives that surface: the Bernoulli maximum-likelihood R
   of "returned or not" over those firings. That profile then carries ``detection`` and no linear far rise.
+  The ranges are the aligned teacher's, so R is on the teacher's range scale (which the simulation shares):
+  a teacher that places far surfaces too near gives a shorter R than the sensor's own.
 * **Mount.** camera_from_lidar from the calibration -> translation and roll/pitch/yaw about the LiDAR's own
   axes, in the convention of tasks.lidar.sensor_pose (the profile then reproduces the calibration exactly).
 """

@@ -54,7 +54,8 @@ def fitted_profile_from_scans(scans: list[str], calib: str | None, *, name: str,
     from tasks.images import load_image
 
     rgb = load_image(image)
-    disp, kind = _teacher_disparity(Teacher(teacher), rgb)
+    t = Teacher(teacher)
+    disp, kind = _as_disparity(t.predict(rgb[None])[0], t.output_kind)
     real = project_sweep(sweeps[0].points, cal.cam_from_lidar, cal.K, rgb.shape[0], rgb.shape[1])
     alignment = fit_disparity_alignment(disp, real)
     policy = DepthPolicy()
@@ -70,12 +71,11 @@ def fitted_profile_from_scans(scans: list[str], calib: str | None, *, name: str,
     return with_detection(fit, detection)
 
 
-def _teacher_disparity(t, rgb: np.ndarray) -> tuple[np.ndarray, str]:
-    """The teacher's output on one photo as disparity (a metric teacher's depth inverted)."""
-    disp = t.predict(rgb[None])[0]
-    if t.output_kind == "metric":
-        disp = np.where(np.isfinite(disp) & (disp > 0), 1.0 / np.where(disp > 0, disp, 1.0), 0.0)
-    return disp, "disparity"
+def _as_disparity(output: np.ndarray, kind: str) -> tuple[np.ndarray, str]:
+    """A teacher output as disparity, the space the alignment fits in (a metric teacher's depth inverted)."""
+    if kind == "metric":
+        output = np.where(np.isfinite(output) & (output > 0), 1.0 / np.where(output > 0, output, 1.0), 0.0)
+    return output, "disparity"
 
 
 def _profile(sensor: str | None, scan: str | None, calib: str | None, camera: str | None, image: str | None,
@@ -140,9 +140,7 @@ def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | 
                                     see_through=see_through, rgb=rgb)
     policy_report = compare(real, policy_sims, tolerance=tolerance, real_is_proxy=proxy)
     if align:
-        if kind == "metric":  # align in inverse depth, the metric teacher's "disparity"
-            disp = np.where(np.isfinite(disp) & (disp > 0), 1.0 / np.where(disp > 0, disp, 1.0), 0.0)
-            kind = "disparity"
+        disp, kind = _as_disparity(disp, kind)
         alignment = fit_disparity_alignment(disp, real)
         sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=kind, see_through=see_through,
                                  rgb=rgb, alignment=alignment)
