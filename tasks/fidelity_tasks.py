@@ -39,7 +39,7 @@ def fitted_profile_from_scans(scans: list[str], calib: str | None, *, name: str,
     sweep (tasks.fidelity.fit_disparity_alignment, sky from the photo), gives the range of every firing that
     points at a surface the camera sees, returned or not (tasks.calibrate.fit_detection_range)."""
     from storage.lidar_scans import read_calib, read_scan
-    from tasks.calibrate import fit_detection_range, fit_profile, firing_ranges_in_photo, with_detection
+    from tasks.calibrate import firing_ranges_in_photo, fit_detection_range, fit_profile, with_detection
 
     sweeps = [read_scan(s) for s in scans]
     cal = read_calib(calib, camera=camera) if calib else None
