@@ -175,10 +175,20 @@ def test_fidelity_flow_fails_readably(prefect_harness, tmp_path):
     from flows.fidelity import fidelity_flow
     from tasks.errors import InputError
 
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("prefect").addHandler(handler)
     bad = tmp_path / "broken.pcd.bin"
     bad.write_bytes(b"\0" * 7)
-    state = fidelity_flow(scan=str(bad), calib=str(NUS_CALIB), sensor="hdl32e", seeds=1, return_state=True)
+    try:
+        state = fidelity_flow(scan=str(bad), calib=str(NUS_CALIB), sensor="hdl32e", seeds=1, return_state=True)
+    finally:
+        logging.getLogger("prefect").removeHandler(handler)
     assert state.is_failed() and str(bad) in state.message and "\n" not in state.message
+    assert not [r for r in records if r.exc_info and r.exc_info[1] is not None]  # no traceback in the run's logs
     with pytest.raises(InputError):
         state.result()
     state = fidelity_flow(image=str(FIX / "nuscenes_front.jpg"), seeds=1, return_state=True)
