@@ -6,7 +6,9 @@ policy without the photo's sky and with the far clamp. "after" = fitted hdl32e /
 grown with the photo, nothing beyond max depth. "aligned" = the teacher's scale/shift fitted to the real
 pattern (tasks.fidelity.fit_disparity_alignment; `monolidar fidelity`'s default) instead of the depth
 policy's seeded draw, so the row measures the sensor. "first fit" = hdl32e as first fitted (drop rise from
-single missing columns only, commit 36f39fc). Same teacher output, same seeds, side by side.
+single missing columns only, commit 36f39fc); "run-aware drops" = the sweep-only fit with the linear far rise
+from bracketed runs (commit 2bcaa01); "link budget" = the shipped hdl32e, whose range loss is the link budget
+fitted with the photo (tasks.calibrate.fit_detection_range). Same teacher output, same seeds, side by side.
 
     python bench/fidelity_before_after.py [--seeds 8] [--png /path/to/fidelity_nuscenes.png]
 """
@@ -51,6 +53,13 @@ def first_fit_hdl32e():
     return parse_profile(yaml.safe_load(text), "hdl32e (first fit)")
 
 
+def run_aware_hdl32e():
+    """hdl32e as fitted from the sweep alone (linear far rise from bracketed runs, before the link budget)."""
+    text = subprocess.run(["git", "show", "2bcaa01:tasks/sensors/hdl32e.yaml"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout
+    return parse_profile(yaml.safe_load(text), "hdl32e (run-aware drops)")
+
+
 def row(label, rep):
     s = rep["stats"]
     cells = [f"{s[k]['sim_mean']:.5g} ({s[k]['rel_error']:+.1%})" for k in ("density", "density_kitti_crop", "first_row", "rows_covered")]
@@ -88,18 +97,23 @@ def main() -> None:
     print(f"<!-- teacher aligned to the scan: {alignment} -->")
     row("nuScenes: hdl32e first fit, aligned to scan", compare(real, simulate_on_photo(
         disp, cal.K, first, seeds=seeds, rgb=rgb, alignment=alignment)))
+    runs = run_aware_hdl32e()
+    row("nuScenes: hdl32e (run-aware drops), sky with photo", compare(real, simulate_on_photo(
+        disp, cal.K, runs, seeds=seeds, rgb=rgb)))
+    row("nuScenes: hdl32e (run-aware drops), aligned to scan", compare(real, simulate_on_photo(
+        disp, cal.K, runs, seeds=seeds, rgb=rgb, alignment=alignment)))
     fitted = load_profile("hdl32e")
     after = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, rgb=rgb)
-    row("nuScenes after: hdl32e (run-aware drops), sky with photo", compare(real, after))
+    row("nuScenes after: hdl32e (link budget), sky with photo", compare(real, after))
     near = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, rgb=rgb, policy=NEAR)
     row("nuScenes after, near anchor 4-6 m (camera-height aware)", compare(real, near))
     aligned = simulate_on_photo(disp, cal.K, fitted, seeds=seeds, rgb=rgb, alignment=alignment)
-    row("**nuScenes after: hdl32e (run-aware drops), aligned to scan**", compare(real, aligned))
+    row("**nuScenes after: hdl32e (link budget), aligned to scan**", compare(real, aligned))
     if args.png:
         from PIL import Image
 
         Image.fromarray(side_by_side(rgb, real, aligned[0], labels=(
-            "real nuScenes HDL-32E sweep", "simulated: fitted hdl32e, teacher aligned to the scan, seed 0"))).save(args.png)
+            "real nuScenes HDL-32E sweep", "simulated: fitted hdl32e (link budget), teacher aligned to the scan, seed 0"))).save(args.png)
     for frame in ("0000000005", "0000000050"):
         rgb = load_image(DATA / "kitti_gt" / "rgb" / f"{frame}.png")
         gt = read_depth_png(DATA / "kitti_gt" / "depth" / f"{frame}.png")

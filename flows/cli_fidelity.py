@@ -15,7 +15,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     name = args.name or out.stem
-    fit = fitted_profile_from_scans([str(s) for s in args.scan], args.calib, name=name, camera=args.camera)
+    fit = fitted_profile_from_scans([str(s) for s in args.scan], args.calib, name=name, camera=args.camera,
+                                    image=args.image, teacher=args.teacher, photo=not args.no_photo)
     parse_profile(fit.profile, str(out))  # the fitted mapping must load as a profile
     out.parent.mkdir(parents=True, exist_ok=True)
     header = (f"# Fitted by `monolidar calibrate-sensor` from {', '.join(str(s) for s in args.scan)}"
@@ -31,6 +32,11 @@ def _calibrate(args: argparse.Namespace) -> int:
         print(f"{out}: {len(el)} beams ({r['elevation_method']}) from {el[0]:+.2f} to {el[-1]:+.2f} deg, "
               f"azimuth step {p['azimuth_step_deg']:.4f} deg, range {p['min_range_m']}-{p['max_range_m']} m, "
               f"noise {p['range_noise_std_m']} m, drop {p['drop']}")
+        if r.get("detection_fit"):
+            d = r["detection_fit"]
+            print(f"  link budget from {d['firings']} firings at surfaces in {d['image']}: a median-reflectance "
+                  f"target drops out at {d['range_m']} m (sweep alone: "
+                  f"{r['reflectance']['sweep_only_range_m']} m); replaces the far rise {r['replaced_far_rise']}")
         if r.get("elevation_minus_ring_mean_deg"):
             print(f"  fitted elevations vs ring means: max |difference| "
                   f"{max(abs(d) for d in r['elevation_minus_ring_mean_deg']):.3f} deg")
@@ -83,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("scan", nargs="+", help="sweep files (.pcd.bin, .bin, .npy, .npz, .pcd)")
     p.add_argument("--calib", help="camera/LiDAR calibration (JSON or KITTI text) for the mount pose")
     p.add_argument("--camera", help="camera name in a DGP calibration")
+    p.add_argument("--image", help="photo of the first sweep for the link-budget fit (default: the one the "
+                                   "calibration names)")
+    p.add_argument("--teacher", help="ONNX depth teacher for the link-budget fit (default: the embedded one)")
+    p.add_argument("--no-photo", action="store_true",
+                   help="fit from the sweeps alone (linear far-range rise instead of the photo-fitted link budget)")
     p.add_argument("--out", required=True, help="profile file to write (.yaml)")
     p.add_argument("--name", help="profile name (default: the output file's stem)")
     p.add_argument("--report", help="also write the fit report (JSON) here")

@@ -24,8 +24,10 @@ from tasks.errors import MonolidarError
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Loggers that report an exception escaping a flow run: the flow-run logger (per-run messages, including
-# run_flow's "Engine execution exited with unexpected exception") and the subprocess entry point's.
-_ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.flow_engine", "prefect.engine")
+# run_flow's "Engine execution exited with unexpected exception"), the subprocess entry point's, and the
+# task-run logger (a domain error raised inside a task, e.g. a malformed file read by the task, is logged there
+# with its traceback before it reaches the flow).
+_ENGINE_LOGGERS = ("prefect.flow_runs", "prefect.flow_engine", "prefect.engine", "prefect.task_runs")
 
 
 def reason(exc: BaseException) -> str:

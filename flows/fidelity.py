@@ -8,11 +8,13 @@ from pathlib import Path
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from flows.failures import readable_failures
 from tasks.fidelity import table_rows
 from tasks.fidelity_tasks import fidelity_task
 
 
 @flow(name="sensor-fidelity", log_prints=True)
+@readable_failures
 def fidelity_flow(
     image: str | None = None,
     scan: str | None = None,

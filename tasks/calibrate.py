@@ -29,6 +29,18 @@ keys of tasks/sensors/*.yaml) and a report out. What is fitted and how:
 * **Range noise.** Along a beam, three consecutive returns from a smooth surface have a second difference
   r[i-1] - 2 r[i] + r[i+1] that is pure noise up to curvature: sigma = 1.4826 MAD / sqrt(6), from returns
   nearer than 20 m (where the 2nd-difference of the geometry itself is small).
+* **Link budget** (when the sweep has intensities): the received power falls as reflectance / r^2, so at range
+  r a return needs a reflectance of at least (r / R)^2 times the median one (tasks.lidar.detection_probability).
+  The reflectance distribution is the sensor-reported intensity of returns between ``min_fit_range_m`` and
+  ``reflectance_near_m`` (where almost every target returns), divided by its median, as 21 quantiles. From the
+  sweep alone, R comes from the lowest intensity / r^2 seen beyond ``reflectance_near_m`` (its 1 % quantile:
+  the weakest target detected at each range) and is only reported: a sweep cannot show what it never returned
+  (whole tree crowns, glass, far facades lose *every* firing, so no bracketing return tells their range).
+  With the photo of the sweep (``fit_detection_range``), R is fitted to the firings that point at a surface the
+  camera sees, at the range the (scan-aligned) teacher gives that surface: the Bernoulli maximum-likelihood R
+  of "returned or not" over those firings. That profile then carries ``detection`` and no linear far rise.
+  The ranges are the aligned teacher's, so R is on the teacher's range scale (which the simulation shares):
+  a teacher that places far surfaces too near gives a shorter R than the sensor's own.
 * **Mount.** camera_from_lidar from the calibration -> translation and roll/pitch/yaw about the LiDAR's own
   axes, in the convention of tasks.lidar.sensor_pose (the profile then reproduces the calibration exactly).
 """
@@ -40,7 +52,8 @@ from typing import Any
 import numpy as np
 
 from tasks.errors import GeometryError
-from tasks.lidar import CAM_FROM_LIDAR_AXES
+from tasks.lidar import CAM_FROM_LIDAR_AXES, detection_probability
+from tasks.sensors import DETECTION_LEVELS
 
 NO_RETURN_BELOW_M = 0.5  # nearer points are exporters' "no return" markers (motion compensation moves them)
 RANGE_BINS_M = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 1e9)
@@ -60,12 +73,17 @@ class FitOptions:
     min_points_per_beam: int = 8
     drop_gap_deg: float = 5.0
     drop_gap_ratio: float = 1.3
+    reflectance_near_m: float = 20.0
+    detection_envelope_quantile: float = 0.01
 
 
 @dataclass
 class SensorFit:
     profile: dict[str, Any]  # a profile mapping, ready for tasks.sensors.parse_profile / YAML
     report: dict[str, Any] = field(default_factory=dict)
+    # per sweep: unit directions (M, 3) in the LiDAR frame of every (beam, column) firing and whether it returned
+    firings: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+    reflectance_quantiles: list[float] | None = None  # normalised by the median; None without intensities
 
 
 def _clipped_mean(x: np.ndarray) -> float:
@@ -172,9 +190,30 @@ def _linear_rise(centres: np.ndarray, rates: np.ndarray, counts: np.ndarray, bas
     return start, float(np.clip(slope * (end - start), 0.0, 1.0))
 
 
+def _reflectance(per_sweep: list[dict], options: FitOptions) -> dict[str, Any] | None:
+    """Normalised reflectance quantiles of near returns and the sweep-only link-budget range (module docstring)."""
+    if any(s["intensity"] is None for s in per_sweep):
+        return None
+    rng = np.concatenate([s["rng"] for s in per_sweep])
+    inten = np.concatenate([s["intensity"] for s in per_sweep]).astype(np.float64)
+    near = (rng >= options.min_fit_range_m) & (rng <= options.reflectance_near_m) & np.isfinite(inten)
+    far = (rng > options.reflectance_near_m) & np.isfinite(inten)
+    if near.sum() < 100 or far.sum() < 20:
+        return None
+    med = float(np.median(inten[near]))
+    if not med > 0:
+        return None
+    quantiles = np.quantile(inten[near] / med, DETECTION_LEVELS)
+    k = float(np.quantile(inten[far] / rng[far] ** 2, options.detection_envelope_quantile)) / med
+    return {"median_intensity": med, "quantiles": [round(float(v), 4) for v in quantiles],
+            "sweep_only_range_m": round(float(1.0 / np.sqrt(k)), 1) if k > 0 else None}
+
+
 def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_from_lidar: np.ndarray | None, *,
-                name: str, options: FitOptions = FitOptions(), description: str = "") -> SensorFit:
-    """Fit a spinning-LiDAR profile from sweeps (each (N, 3) LiDAR-frame points, with (N,) ring ids or None).
+                name: str, options: FitOptions = FitOptions(), description: str = "",
+                intensities: list[np.ndarray | None] | None = None) -> SensorFit:
+    """Fit a spinning-LiDAR profile from sweeps (each (N, 3) LiDAR-frame points, with (N,) ring ids or None,
+    and optionally (N,) sensor-reported intensities for the link budget).
 
     cam_from_lidar (4x4) sets the mount; None leaves the mount at the identity axes. Raises GeometryError
     when the sweeps cannot support a fit (too few returns, no beam structure)."""
@@ -184,7 +223,8 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
     per_sweep = []
     n_markers = n_body = 0
     nearest_hit = float("inf")
-    for pts, ring in zip(points, rings):
+    intensities = intensities if intensities is not None else [None] * len(points)
+    for pts, ring, inten in zip(points, rings, intensities):
         pts = np.asarray(pts, dtype=np.float64)
         rng, az, el = _spherical(pts)
         marker = rng < options.no_return_below_m
@@ -197,6 +237,7 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
         per_sweep.append({"pts": pts[ret], "rng": rng[ret], "az": az[ret], "el": el[ret],
                           "ring": None if ring is None else np.asarray(ring)[ret].astype(np.int64),
                           "ring_all": None if ring is None else np.asarray(ring).astype(np.int64),
+                          "intensity": None if inten is None else np.asarray(inten, dtype=np.float64)[ret],
                           "n": len(pts)})
     n_returns = sum(len(s["rng"]) for s in per_sweep)
     if n_returns < 100:
@@ -244,6 +285,7 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
     both_range, both_missing, both_upper = [], [], []
     gap_cols = max(1, int(round(options.drop_gap_deg / step)))
     noise_d2 = []
+    firings = []
     missing_per_beam = np.zeros(n_beams)
     az_bins = np.zeros((n_beams, 36))
     az_fire = np.zeros((n_beams, 36))
@@ -256,6 +298,10 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
         pts[b[order], col[order]] = s["pts"][order]
         has = np.isfinite(img)
         missing_per_beam += 1.0 - has.mean(1)
+        az_c = np.radians(np.arange(n_cols) * step - 180.0)[None, :]
+        el_c = np.radians(elevations)[:, None]
+        dirs = np.stack(np.broadcast_arrays(np.cos(el_c) * np.cos(az_c), np.cos(el_c) * np.sin(az_c), np.sin(el_c)), -1)
+        firings.append((dirs.reshape(-1, 3), has.reshape(-1)))
         sector = (np.arange(n_cols) * 36) // n_cols
         for k in range(36):
             az_fire[:, k] += (sector == k).sum()
@@ -329,6 +375,8 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
     d2 = np.concatenate(noise_d2)
     noise = float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6.0)) if d2.size >= 50 else None
 
+    reflectance = _reflectance(per_sweep, options)
+
     mount: dict[str, Any] = {"jitter_translation_m": 0.01, "jitter_rotation_deg": 0.2}
     if cam_from_lidar is not None:
         mount = {**mount_from_pose(cam_from_lidar), **mount}
@@ -368,5 +416,87 @@ def fit_profile(points: list[np.ndarray], rings: list[np.ndarray | None], cam_fr
         "smooth_columns": int(cand_missing.size),
         "noise_samples": int(d2.size),
         "range_noise_estimated": noise is not None,
+        "reflectance": reflectance,
     }
-    return SensorFit(profile=profile, report=report)
+    return SensorFit(profile=profile, report=report, firings=firings,
+                     reflectance_quantiles=None if reflectance is None else reflectance["quantiles"])
+
+
+DETECTION_BINS_M = (0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 80.0, 1e9)
+
+
+def fit_detection_range(ranges: np.ndarray, returned: np.ndarray, reflectance_quantiles: list[float], *,
+                        base_drop: float = 0.0) -> dict[str, Any]:
+    """Link-budget range R (tasks.lidar.detection_probability) that best explains which firings returned.
+
+    ranges: (M,) metres to the surface each firing points at (e.g. the scan-aligned teacher's mesh seen from the
+    sensor), returned: (M,) bool. Each firing returns with probability (1 - base_drop) * P_det(range; R); R is
+    the Bernoulli maximum-likelihood value on a log grid from 5 m to 2 km. Returns {"range_m", "firings",
+    "by_range": {"bin_edges_m", "observed", "predicted", "n"}}."""
+    r = np.asarray(ranges, dtype=np.float64)
+    y = np.asarray(returned, dtype=bool)
+    ok = np.isfinite(r) & (r > 0)
+    r, y = r[ok], y[ok]
+    if r.size < 50:
+        raise GeometryError(f"only {r.size} firings point at a surface seen in the photo: too few to fit the link budget")
+    grid = np.geomspace(5.0, 2000.0, 400)
+    best, best_ll = grid[-1], -np.inf
+    for R in grid:
+        p = np.clip((1.0 - base_drop) * detection_probability({"range_m": R, "reflectance_quantiles": reflectance_quantiles}, r),
+                    1e-4, 1 - 1e-4)
+        ll = float(np.sum(np.where(y, np.log(p), np.log1p(-p))))
+        if ll > best_ll:
+            best, best_ll = float(R), ll
+    p = (1.0 - base_drop) * detection_probability({"range_m": best, "reflectance_quantiles": reflectance_quantiles}, r)
+    idx = np.digitize(r, DETECTION_BINS_M[1:-1])
+    n = np.bincount(idx, minlength=len(DETECTION_BINS_M) - 1)
+    obs = np.bincount(idx, weights=y.astype(float), minlength=len(n)) / np.maximum(n, 1)
+    pred = np.bincount(idx, weights=p, minlength=len(n)) / np.maximum(n, 1)
+    return {"range_m": round(best, 1), "firings": int(r.size),
+            "by_range": {"bin_edges_m": list(DETECTION_BINS_M[:-1]), "observed": obs.round(3).tolist(),
+                         "predicted": pred.round(3).tolist(), "n": n.tolist()}}
+
+
+def with_detection(fit: SensorFit, detection_fit: dict[str, Any]) -> SensorFit:
+    """The fit with the photo-fitted link budget: profile ``detection`` set, the linear far rise (measured from
+    bracketed runs only, which the link budget replaces) removed; the evidence goes into the report."""
+    if fit.reflectance_quantiles is None:
+        raise GeometryError("the sweep has no intensities: no reflectance distribution for a link budget")
+    drop = {k: v for k, v in fit.profile["drop"].items() if k not in ("far_start_m", "far_max")}
+    profile = {**fit.profile, "drop": drop,
+               "detection": {"range_m": detection_fit["range_m"], "reflectance_quantiles": fit.reflectance_quantiles}}
+    report = {**fit.report, "detection_fit": detection_fit, "replaced_far_rise": {
+        k: v for k, v in fit.profile["drop"].items() if k in ("far_start_m", "far_max")}}
+    return SensorFit(profile=profile, report=report, firings=fit.firings,
+                     reflectance_quantiles=fit.reflectance_quantiles)
+
+
+def firing_ranges_in_photo(firings: tuple[np.ndarray, np.ndarray], depth: np.ndarray, K: np.ndarray,
+                           cam_from_lidar: np.ndarray, *, max_depth_m: float = 120.0) -> tuple[np.ndarray, np.ndarray]:
+    """For the firings of one sweep (``SensorFit.firings[i]``) that point into the photo: the range at which each
+    meets the surface of `depth` (z-depth metres of the photo, 0 = none, e.g. the teacher aligned to the scan;
+    ray cast from the sensor against its mesh, tasks.mesh / tasks.raycast) and whether it returned. Firings that
+    meet no surface (sky, holes at depth cuts) are left out. Returns (ranges (M,), returned (M,) bool)."""
+    from tasks.mesh import MeshOptions, depth_to_grid
+    from tasks.raycast import cast_hits
+
+    dirs_l, returned = firings
+    T = np.asarray(cam_from_lidar, dtype=np.float64)
+    K = np.asarray(K, dtype=np.float64)
+    h, w = depth.shape
+    dirs = np.asarray(dirs_l, dtype=np.float64) @ T[:3, :3].T
+    far = T[:3, 3] + 50.0 * dirs  # only firings that can land in the photo are cast
+    z = far[:, 2]
+    zs = np.where(z > 0, z, 1.0)
+    u = K[0, 0] * far[:, 0] / zs + K[0, 1] * far[:, 1] / zs + K[0, 2]
+    v = K[1, 1] * far[:, 1] / zs + K[1, 2]
+    aim = (z > 0) & (u >= -0.5) & (u < w - 0.5) & (v >= -0.5) & (v < h - 0.5)
+    if not aim.any():
+        raise GeometryError("no firing of the sweep points into the photo: check the calibration")
+    grid = depth_to_grid(depth, K, MeshOptions(max_depth_m=max_depth_m))
+    if grid.n_faces == 0:
+        raise GeometryError("the photo's depth has no surface to cast the sweep's firings against")
+    origins = np.broadcast_to(T[:3, 3], (int(aim.sum()), 3)).copy()
+    ranges, _ = cast_hits("fast", [grid], origins, dirs[aim])
+    hit = np.isfinite(ranges)
+    return ranges[hit], np.asarray(returned)[aim][hit]

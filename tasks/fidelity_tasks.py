@@ -30,23 +30,61 @@ def parse_intrinsics(text: str) -> np.ndarray:
     return np.array([[v[0], 0.0, v[2]], [0.0, v[1], v[3]], [0.0, 0.0, 1.0]])
 
 
-def fitted_profile_from_scans(scans: list[str], calib: str | None, *, name: str, camera: str | None = None):
-    """Read sweeps + calibration (storage.lidar_scans) and fit a profile (tasks.calibrate)."""
+def fitted_profile_from_scans(scans: list[str], calib: str | None, *, name: str, camera: str | None = None,
+                              image: str | None = None, teacher: str | None = None, photo: bool = True):
+    """Read sweeps + calibration (storage.lidar_scans) and fit a profile (tasks.calibrate).
+
+    With a photo of the first sweep (`image`, else the one the calibration names; `photo=False` skips it) and
+    intensities in the sweeps, the link budget is fitted too: the teacher's depth of the photo, aligned to the
+    sweep (tasks.fidelity.fit_disparity_alignment, sky from the photo), gives the range of every firing that
+    points at a surface the camera sees, returned or not (tasks.calibrate.fit_detection_range)."""
     from storage.lidar_scans import read_calib, read_scan
-    from tasks.calibrate import fit_profile
+    from tasks.calibrate import firing_ranges_in_photo, fit_detection_range, fit_profile, with_detection
 
     sweeps = [read_scan(s) for s in scans]
     cal = read_calib(calib, camera=camera) if calib else None
-    return fit_profile([s.points for s in sweeps], [s.ring for s in sweeps],
-                       None if cal is None else cal.cam_from_lidar, name=name)
+    fit = fit_profile([s.points for s in sweeps], [s.ring for s in sweeps],
+                      None if cal is None else cal.cam_from_lidar, name=name,
+                      intensities=[s.intensity for s in sweeps])
+    image = image or (str(cal.image) if cal is not None and cal.image else None)
+    if not photo or image is None or cal is None or fit.reflectance_quantiles is None:
+        return fit
+    from model.teacher import Teacher
+    from tasks.depth_policy import DepthPolicy, disparity_to_depth
+    from tasks.images import load_image
+
+    rgb = load_image(image)
+    t = Teacher(teacher)
+    disp, kind = _as_disparity(t.predict(rgb[None])[0], t.output_kind)
+    real = project_sweep(sweeps[0].points, cal.cam_from_lidar, cal.K, rgb.shape[0], rgb.shape[1])
+    alignment = fit_disparity_alignment(disp, real)
+    policy = DepthPolicy()
+    depth, _ = disparity_to_depth(disp, kind=kind, seed=0, policy=policy, rgb=rgb,
+                                  affine=(alignment["scale"], alignment["shift"]))
+    ranges, returned = firing_ranges_in_photo(fit.firings[0], depth, cal.K, cal.cam_from_lidar,
+                                              max_depth_m=policy.max_depth_m)
+    lo, hi = fit.profile["min_range_m"], fit.profile["max_range_m"]
+    inside = (ranges >= lo) & (ranges <= hi)  # beyond the sensor's range the simulation has no return either
+    detection = fit_detection_range(ranges[inside], returned[inside], fit.reflectance_quantiles,
+                                    base_drop=fit.profile["drop"]["random"])
+    detection.update(image=str(image), alignment=alignment)
+    return with_detection(fit, detection)
 
 
-def _profile(sensor: str | None, scan: str | None, calib: str | None, camera: str | None) -> SensorProfile:
+def _as_disparity(output: np.ndarray, kind: str) -> tuple[np.ndarray, str]:
+    """A teacher output as disparity, the space the alignment fits in (a metric teacher's depth inverted)."""
+    if kind == "metric":
+        output = np.where(np.isfinite(output) & (output > 0), 1.0 / np.where(output > 0, output, 1.0), 0.0)
+    return output, "disparity"
+
+
+def _profile(sensor: str | None, scan: str | None, calib: str | None, camera: str | None, image: str | None,
+             teacher: str | None) -> SensorProfile:
     if sensor:
         return load_profile(sensor)
     if not scan:
         raise InputError("no --sensor given and no scan to fit one from")
-    fit = fitted_profile_from_scans([scan], calib, name="fitted", camera=camera)
+    fit = fitted_profile_from_scans([scan], calib, name="fitted", camera=camera, image=image, teacher=teacher)
     return parse_profile(fit.profile, f"profile fitted from {scan}")
 
 
@@ -92,7 +130,7 @@ def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | 
             raise InputError(f"{reference_depth}: depth is {real.shape[1]}x{real.shape[0]}, the image "
                              f"{rgb.shape[1]}x{rgb.shape[0]}")
         source = {"reference_depth": str(reference_depth), "intrinsics": intrinsics}
-    profile = _profile(sensor, scan, calib, camera)
+    profile = _profile(sensor, scan, calib, camera, image, teacher)
     t = Teacher(teacher)
     disp = t.predict(rgb[None])[0]
     kind = t.output_kind
@@ -102,9 +140,7 @@ def fidelity_report(*, image: str | None, scan: str | None = None, calib: str | 
                                     see_through=see_through, rgb=rgb)
     policy_report = compare(real, policy_sims, tolerance=tolerance, real_is_proxy=proxy)
     if align:
-        if kind == "metric":  # align in inverse depth, the metric teacher's "disparity"
-            disp = np.where(np.isfinite(disp) & (disp > 0), 1.0 / np.where(disp > 0, disp, 1.0), 0.0)
-            kind = "disparity"
+        disp, kind = _as_disparity(disp, kind)
         alignment = fit_disparity_alignment(disp, real)
         sims = simulate_on_photo(disp, K, profile, seeds=seed_list, teacher_kind=kind, see_through=see_through,
                                  rgb=rgb, alignment=alignment)

@@ -6,7 +6,7 @@ Frames: camera = OpenCV (x right, y down, z forward); LiDAR = Velodyne (x forwar
 
 Pipeline: depth -> DepthGrid/mesh -> beam directions from the sensor (only the azimuth/elevation sector
 that can land in the image) -> first hits (tasks.raycast backend) -> range limits, drops (random,
-grazing incidence, far range; seeded) and Gaussian range noise (seeded) -> points in the camera frame ->
+grazing incidence, far range, the link budget of fitted profiles; seeded) and Gaussian range noise (seeded) -> points in the camera frame ->
 projection with a z-buffer (nearest return wins per pixel).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tasks.errors import GeometryError
 from tasks.mesh import DepthGrid, MeshOptions, background_layer, depth_to_grid, validate_depth_and_K
 from tasks.provenance import derive_seed
 from tasks.raycast import BACKENDS, cast_hits
-from tasks.sensors import SensorProfile, load_profile
+from tasks.sensors import DETECTION_LEVELS, SensorProfile, load_profile
 
 # LiDAR axes expressed in the camera frame: x_l (forward) = z_c, y_l (left) = -x_c, z_l (up) = -y_c.
 CAM_FROM_LIDAR_AXES = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0]])
@@ -167,7 +167,18 @@ def beam_directions(profile: SensorProfile | str | Path, pose: np.ndarray, K: np
     return origins, dirs, ring.astype(np.int16)
 
 
+def detection_probability(detection: dict, ranges: np.ndarray) -> np.ndarray:
+    """Link budget of a profile's `detection` (tasks.sensors): the received power falls as reflectance / r^2, so
+    at range r only targets with reflectance >= (r / range_m)^2 x the median one are detected; the probability
+    is the share of the fitted reflectance distribution above that level (piecewise linear between quantiles)."""
+    q = np.asarray(detection["reflectance_quantiles"], dtype=np.float64)
+    q = q + np.arange(len(q)) * 1e-9  # equal quantiles (integer intensities): keep the curve strictly increasing
+    need = (np.asarray(ranges, dtype=np.float64) / detection["range_m"]) ** 2
+    return 1.0 - np.interp(need, q, DETECTION_LEVELS, left=0.0, right=1.0)
+
+
 def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.ndarray) -> np.ndarray:
+    """Independent losses: random, grazing incidence, the linear far-range rise and the link budget."""
     drop = profile.drop
     p = np.full(ranges.shape, drop["random"])
     g = drop["grazing_deg"]
@@ -177,6 +188,8 @@ def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.nd
     f0 = drop["far_start_m"]
     if f0 < profile.max_range_m and drop["far_max"] > 0:
         p = 1 - (1 - p) * (1 - drop["far_max"] * np.clip((ranges - f0) / (profile.max_range_m - f0), 0.0, 1.0))
+    if profile.detection is not None:
+        p = 1 - (1 - p) * detection_probability(profile.detection, ranges)
     return p
 
 

@@ -13,6 +13,10 @@ the same keys and passing its path. Keys (see tasks/sensors/hdl64e_kitti.yaml fo
     pattern              instead of the two above, a scan-pattern generator, e.g. {type: rosette, ...}
     min_range_m, max_range_m, range_noise_std_m
     drop                 {random, grazing_deg, grazing_max, far_start_m, far_max}
+    detection            optional link budget {range_m, reflectance_quantiles}: a return needs a reflectance of
+                         at least (range / range_m)^2 times the median one; reflectance_quantiles are the sensor's
+                         reported reflectances of near returns divided by their median, at 0, 5, ..., 100 %
+                         (so the detection probability at range r is the share of them >= (r / range_m)^2)
     mount                {translation_m: [x, y, z] LiDAR origin in the CAMERA frame,
                           rotation_deg: [roll, pitch, yaw] about the LiDAR's x, y, z,
                           jitter_translation_m, jitter_rotation_deg: +- uniform ranges drawn per sample}
@@ -34,6 +38,7 @@ PROFILE_DIR = Path(__file__).resolve().parent / "sensors"
 _DROP_DEFAULTS = {"random": 0.0, "grazing_deg": 90.0, "grazing_max": 0.0, "far_start_m": float("inf"), "far_max": 0.0}
 _MOUNT_DEFAULTS = {"translation_m": [0.0, 0.0, 0.0], "rotation_deg": [0.0, 0.0, 0.0],
                    "jitter_translation_m": 0.0, "jitter_rotation_deg": 0.0}
+DETECTION_LEVELS = np.linspace(0.0, 1.0, 21)  # quantile levels of detection.reflectance_quantiles
 _ROSETTE_KEYS = ("points_per_frame", "frame_time_s", "lasers", "prism_rates_hz", "prism_weights", "fov_deg")
 
 
@@ -54,6 +59,7 @@ class SensorProfile:
     source: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     vertical_offsets_m: np.ndarray | None = None
+    detection: dict[str, Any] | None = None
 
     @property
     def n_beams(self) -> int:
@@ -75,6 +81,8 @@ class SensorProfile:
         }
         if self.vertical_offsets_m is not None:
             out["vertical_offsets_m"] = [round(float(v), 6) for v in self.vertical_offsets_m]
+        if self.detection is not None:
+            out["detection"] = self.detection
         return out
 
 
@@ -117,6 +125,22 @@ def _elevations(spec: Any, where: str) -> np.ndarray:
     if el.ndim != 1 or len(el) == 0 or not np.isfinite(el).all() or np.abs(el).max() >= 90:
         raise GeometryError(f"{where}: elevations_deg must be finite angles in (-90, 90)")
     return el
+
+
+def _detection(spec: Any, where: str) -> dict[str, Any]:
+    if not isinstance(spec, dict) or set(spec) != {"range_m", "reflectance_quantiles"}:
+        raise GeometryError(f"{where}: detection needs exactly range_m and reflectance_quantiles")
+    range_m = _number(spec, "range_m", where + " detection", positive=True)
+    try:
+        q = np.asarray(spec["reflectance_quantiles"], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise GeometryError(f"{where}: detection reflectance_quantiles must be numbers") from None
+    if q.shape != DETECTION_LEVELS.shape or not np.isfinite(q).all() or (q < 0).any() or (np.diff(q) < 0).any():
+        raise GeometryError(f"{where}: detection reflectance_quantiles must be {len(DETECTION_LEVELS)} non-decreasing "
+                            f"numbers >= 0 (the 0, 5, ..., 100 % quantiles)")
+    if not np.isfinite(range_m):
+        raise GeometryError(f"{where}: detection range_m must be finite")
+    return {"range_m": range_m, "reflectance_quantiles": [round(float(v), 4) for v in q]}
 
 
 def _pattern(spec: Any, where: str) -> dict[str, Any]:
@@ -163,6 +187,11 @@ def parse_profile(raw: Any, where: str, source: Path | None = None) -> SensorPro
                                 f"({len(elevations)})") from None
         if not np.isfinite(offsets).all() or np.abs(offsets).max() > 5.0:
             raise GeometryError(f"{where}: vertical_offsets_m must be finite and within +-5 m")
+    detection = None
+    if raw.get("detection") is not None:
+        if not has_el:
+            raise GeometryError(f"{where}: detection needs elevations_deg (a spinning sensor)")
+        detection = _detection(raw["detection"], where)
     min_r = _number(raw, "min_range_m", where, default=0.0)
     max_r = _number(raw, "max_range_m", where, positive=True)
     if max_r <= min_r:
@@ -192,7 +221,7 @@ def parse_profile(raw: Any, where: str, source: Path | None = None) -> SensorPro
     return SensorProfile(name=name, elevations_deg=elevations, azimuth_step_deg=step, min_range_m=min_r,
                          max_range_m=max_r, range_noise_std_m=noise, drop=drop, mount=mount,
                          description=str(raw.get("description", "")).strip(), pattern=pattern, source=source,
-                         vertical_offsets_m=offsets)
+                         vertical_offsets_m=offsets, detection=detection)
 
 
 def _read(path: Path) -> SensorProfile:

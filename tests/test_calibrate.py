@@ -10,10 +10,11 @@ import yaml
 
 from flows.cli import main
 from storage.lidar_scans import read_calib, read_scan
-from tasks.calibrate import RANGE_BINS_M, FitOptions, cluster_elevations, fit_profile, mount_from_pose
+from tasks.calibrate import (RANGE_BINS_M, FitOptions, cluster_elevations, firing_ranges_in_photo, fit_detection_range,
+                             fit_profile, mount_from_pose, with_detection)
 from tasks.errors import GeometryError, InputError
-from tasks.lidar import sensor_pose
-from tasks.sensors import load_profile, parse_profile
+from tasks.lidar import CAM_FROM_LIDAR_AXES, detection_probability, sensor_pose
+from tasks.sensors import DETECTION_LEVELS, load_profile, parse_profile
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "real_lidar"
 NUS_SCAN = FIX / "nuscenes_front.pcd.bin"
@@ -236,17 +237,104 @@ def test_fit_on_the_real_nuscenes_crop():
 
 
 def test_shipped_hdl32e_is_the_fit_of_the_shared_sweep(shared_data):
+    """The sweep alone fixes beams, columns, random drops and the reflectance distribution of the shipped
+    profile (the photo's part, the link-budget range, is checked by the slow test below)."""
     scan = shared_data / "real_lidar" / "nuscenes" / "lidar_top.pcd.bin"
     if not scan.is_file():
         pytest.skip("nuScenes sweep not in shared data")
     s = read_scan(scan)
-    fit = fit_profile([s.points], [s.ring], read_calib(scan.parent / "calib.json").cam_from_lidar, name="hdl32e")
+    fit = fit_profile([s.points], [s.ring], read_calib(scan.parent / "calib.json").cam_from_lidar, name="hdl32e",
+                      intensities=[s.intensity])
     shipped = load_profile("hdl32e")
     np.testing.assert_allclose(shipped.elevations_deg, fit.profile["elevations_deg"], atol=1e-4)
     assert max(abs(d) for d in fit.report["elevation_minus_ring_mean_deg"]) <= 0.2
     assert shipped.azimuth_step_deg == pytest.approx(360.0 / 1084, rel=1e-5)
-    for key, value in fit.profile["drop"].items():  # drops as fitted (run-aware range rise)
-        assert shipped.drop[key] == pytest.approx(value), key
+    assert shipped.drop == {**shipped.drop, "random": pytest.approx(fit.profile["drop"]["random"])}
+    assert shipped.drop["far_max"] == 0.0  # the link budget replaces the sweep-only far rise
+    assert shipped.detection["reflectance_quantiles"] == pytest.approx(fit.reflectance_quantiles)
+    # the sweep alone sees a weaker loss with range than the photo shows (whole crowns lost unseen)
+    assert fit.report["reflectance"]["sweep_only_range_m"] > shipped.detection["range_m"]
+
+
+@pytest.mark.slow
+def test_shipped_hdl32e_link_budget_is_the_photo_fit(shared_data):
+    from tasks.fidelity_tasks import fitted_profile_from_scans
+
+    nus = shared_data / "real_lidar" / "nuscenes"
+    if not nus.is_dir():
+        pytest.skip("nuScenes sweep not in shared data")
+    fit = fitted_profile_from_scans([str(nus / "lidar_top.pcd.bin")], str(nus / "calib.json"), name="hdl32e")
+    shipped = load_profile("hdl32e")
+    assert fit.profile["detection"] == shipped.detection and fit.profile["drop"] == {"random": shipped.drop["random"]}
+    by = fit.report["detection_fit"]["by_range"]
+    obs, pred, n = (np.array(by[k]) for k in ("observed", "predicted", "n"))
+    assert (np.abs(obs - pred)[n >= 100] < 0.2).all()  # one parameter explains the loss at every range with data
+
+
+def test_link_budget_fit_recovers_a_known_range():
+    rng = np.random.default_rng(0)
+    rho = np.exp(rng.normal(0.0, 0.8, 20000))
+    q = np.quantile(rho / np.median(rho), DETECTION_LEVELS).tolist()
+    ranges = rng.uniform(2.0, 120.0, 6000)
+    truth = {"range_m": 40.0, "reflectance_quantiles": q}
+    returned = rng.random(ranges.size) < 0.97 * detection_probability(truth, ranges)
+    fit = fit_detection_range(ranges, returned, q, base_drop=0.03)
+    assert fit["range_m"] == pytest.approx(40.0, rel=0.05) and fit["firings"] == 6000
+    by = fit["by_range"]
+    np.testing.assert_allclose(by["observed"], by["predicted"], atol=0.08)
+    with pytest.raises(GeometryError, match="too few"):
+        fit_detection_range(ranges[:10], returned[:10], q)
+
+
+def test_intensities_give_the_reflectance_distribution_and_the_far_rise_gives_way():
+    """Intensities = reflectance (median 1) for returns above the link budget of a 40 m sensor: the fit
+    reports the near reflectances normalised by their median and, from the weakest far return, a range
+    near 40 m; with a photo fit (with_detection) the profile carries `detection` and no linear far rise."""
+    pts, ring = synthetic_sweep(np.linspace(-20.0, 4.0, 13), step=0.4, drop=0.02, noise=0.01, wall_runs=8)
+    rng = np.random.default_rng(1)
+    r = np.linalg.norm(pts, axis=1)
+    refl = 5.0 * rng.uniform(0.0, 2.0, r.size)
+    lost = (r > 0) & (refl < 5.0 * (r / 40.0) ** 2)
+    pts[lost] = 0.0  # below the link budget: a no-return marker
+    fit = fit_profile([pts], [ring], None, name="x", intensities=[refl])
+    rep = fit.report["reflectance"]
+    assert rep["median_intensity"] == pytest.approx(5.0, rel=0.1)
+    assert fit.reflectance_quantiles[10] == pytest.approx(1.0) and fit.reflectance_quantiles[-1] == pytest.approx(2.0, abs=0.1)
+    assert 35.0 < rep["sweep_only_range_m"] < 48.0
+    assert "far_max" in fit.profile["drop"]  # the sweep-only fit keeps its linear rise (runs on the wall)
+    dirs, returned = fit.firings[0]
+    assert dirs.shape == (13 * 900, 3) and returned.shape == (13 * 900,) and np.allclose(np.linalg.norm(dirs, axis=1), 1)
+    both = with_detection(fit, {"range_m": 40.0, "firings": 100})
+    assert "far_max" not in both.profile["drop"] and both.profile["detection"]["range_m"] == 40.0
+    assert both.report["replaced_far_rise"]["far_max"] == fit.profile["drop"]["far_max"]
+    assert parse_profile(both.profile, "x").detection["reflectance_quantiles"] == fit.reflectance_quantiles
+    plain = fit_profile([pts], [ring], None, name="x")
+    assert plain.reflectance_quantiles is None and plain.report["reflectance"] is None
+    with pytest.raises(GeometryError, match="intensities"):
+        with_detection(plain, {"range_m": 40.0})
+
+
+def test_firing_ranges_in_photo_meet_the_photos_ground():
+    """Firings cast against the mesh of a photo's depth: a camera 1.5 m above flat ground, the LiDAR 0.3 m above
+    the camera; a firing with camera-frame direction d meets the ground at range 1.8 / d_y. Firings at the sky
+    (no surface) are left out; the returned flags travel with their firing."""
+    h, w = 120, 160
+    K = np.array([[100.0, 0.0, 79.5], [0.0, 100.0, 59.5], [0.0, 0.0, 1.0]])
+    v = np.arange(h, dtype=np.float64)[:, None] - K[1, 2]
+    depth = np.where(v > 2, 1.5 * K[1, 1] / np.maximum(v, 1e-9), 0.0).repeat(w, 1).astype(np.float32)
+    T = np.eye(4)
+    T[:3, :3] = CAM_FROM_LIDAR_AXES
+    T[:3, 3] = [0.0, -0.3, 0.0]
+    el, az = np.meshgrid(np.radians([-20.0, -12.0, -8.0, 10.0]), np.radians(np.arange(-30.0, 31.0, 3.0)), indexing="ij")
+    dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1).reshape(-1, 3)
+    returned = np.arange(len(dirs)) % 2 == 0
+    ranges, ret = firing_ranges_in_photo((dirs, returned), depth, K, T)
+    d_cam = dirs @ T[:3, :3].T
+    ground = d_cam[:, 1] > 0.1
+    assert len(ranges) == ground.sum() and (ret == returned[ground]).all()  # the upward beam (sky) is left out
+    np.testing.assert_allclose(ranges, 1.8 / d_cam[ground, 1], rtol=0.02)
+    with pytest.raises(GeometryError, match="no firing"):
+        firing_ranges_in_photo((-dirs, returned), depth, K, T)
 
 
 def test_calibrate_sensor_cli(tmp_path, capsys):
@@ -257,7 +345,12 @@ def test_calibrate_sensor_cli(tmp_path, capsys):
     assert prof.name == "mine" and prof.n_beams == 32
     assert yaml.safe_load(out.read_text())["mount"]["translation_m"] == pytest.approx([0.0169, -0.329, -0.4292], abs=1e-3)
     assert json.loads((tmp_path / "fit.json").read_text())["beams"] == 32
-    assert "32 beams" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "32 beams" in printed and "link budget from" in printed  # the calibration names the fixture's photo
+    fit = json.loads((tmp_path / "fit.json").read_text())
+    assert prof.detection["range_m"] == fit["detection_fit"]["range_m"] > 0 and prof.drop["far_max"] == 0.0
+    assert main(["calibrate-sensor", str(NUS_SCAN), "--calib", str(NUS_CALIB), "--out", str(out), "--no-photo"]) == 0
+    assert load_profile(out).detection is None and "link budget" not in capsys.readouterr().out
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\0" * 7)
     assert main(["calibrate-sensor", str(bad), "--out", str(tmp_path / "x.yaml")]) == 2

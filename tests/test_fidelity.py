@@ -144,13 +144,12 @@ def test_fidelity_cli_json_and_errors(prefect_harness, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_shared_scans_meet_the_targets(shared_data):
-    """The issue's acceptance figures (README "Sensor calibration and fidelity"). nuScenes, fitted hdl32e,
-    teacher aligned to the scan: first-return row and rows covered within 10 % of the real sweep; density is
-    not (+14 %: the real sweep loses whole far tree crowns and glass that the run-aware drop fit cannot see),
-    so it is held to its measured level and to beating the depth policy's draw (+22 %). hdl64e_kitti on both
-    KITTI frames against the ground-truth pattern (a proxy: there is no real KITTI scan in the shared data):
-    first-return row and rows covered within 10 % with the build's depth-policy draw, rows covered also
-    aligned (aligned first row: +11 % on frame 5, -2 % on frame 50)."""
+    """The issue's acceptance figures (README "Sensor calibration and fidelity"). nuScenes, fitted hdl32e (with
+    the photo-fitted link budget), teacher aligned to the scan: density, KITTI-crop density, first-return row
+    and rows covered within 10 % of the real sweep, and a Wasserstein distance below the 3.01 m of the sweep-only
+    fit (3.96 m before issue 13). hdl64e_kitti on both KITTI frames against the ground-truth pattern (a proxy:
+    there is no real KITTI scan in the shared data): first-return row and rows covered within 10 % with the
+    build's depth-policy draw, rows covered also aligned (aligned first row: +11 % on frame 5, -2 % on 50)."""
     from tasks.fidelity_tasks import fidelity_report
 
     nus = shared_data / "real_lidar" / "nuscenes"
@@ -159,9 +158,8 @@ def test_shared_scans_meet_the_targets(shared_data):
     rep = fidelity_report(image=None, scan=str(nus / "lidar_top.pcd.bin"), calib=str(nus / "calib.json"),
                           sensor="hdl32e", seeds=8)
     s, p = rep["stats"], rep["policy_draw"]["stats"]
-    assert s["first_row"]["within_tolerance"] and s["rows_covered"]["within_tolerance"], s
-    assert s["density_kitti_crop"]["within_tolerance"], s
-    assert abs(s["density"]["rel_error"]) < 0.16 and abs(s["density"]["rel_error"]) < abs(p["density"]["rel_error"])
+    assert rep["passed"], s
+    assert rep["wasserstein_m"] < 3.01
     assert p["first_row"]["within_tolerance"], p
     for frame in ("0000000005", "0000000050"):
         rep = fidelity_report(image=str(shared_data / "kitti_gt" / "rgb" / f"{frame}.png"),
@@ -169,3 +167,46 @@ def test_shared_scans_meet_the_targets(shared_data):
                               intrinsics=K_KITTI, sensor="hdl64e_kitti", seeds=8)
         assert rep["policy_draw"]["passed"], (frame, rep["policy_draw"]["stats"])
         assert rep["stats"]["rows_covered"]["within_tolerance"], (frame, rep["stats"])
+
+
+def test_fidelity_flow_fails_readably(prefect_harness, tmp_path):
+    """A bad scan ends the run Failed with the one-line reason naming the file (flows.failures), before any
+    teacher runs; a direct call (the CLI) still raises the domain error."""
+    from flows.fidelity import fidelity_flow
+    from tasks.errors import InputError
+
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("prefect").addHandler(handler)
+    bad = tmp_path / "broken.pcd.bin"
+    bad.write_bytes(b"\0" * 7)
+    try:
+        state = fidelity_flow(scan=str(bad), calib=str(NUS_CALIB), sensor="hdl32e", seeds=1, return_state=True)
+    finally:
+        logging.getLogger("prefect").removeHandler(handler)
+    assert state.is_failed() and str(bad) in state.message and "\n" not in state.message
+    assert not [r for r in records if r.exc_info and r.exc_info[1] is not None]  # no traceback in the run's logs
+    with pytest.raises(InputError):
+        state.result()
+    state = fidelity_flow(image=str(FIX / "nuscenes_front.jpg"), seeds=1, return_state=True)
+    assert state.is_failed() and state.message.startswith("InputError: give either a real scan")
+
+
+def test_sensor_fidelity_is_a_deployment_with_a_documented_form():
+    """prefect.yaml deploys the flow (the UI's form comes from its signature: every parameter described)."""
+    import importlib
+
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    root = Path(__file__).resolve().parent.parent
+    spec = {d["name"]: d for d in yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]}
+    path, name = spec["sensor-fidelity"]["entrypoint"].split(":")
+    fl = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    assert fl.name == "sensor-fidelity"
+    props = parameter_schema(fl).model_dump_for_openapi()["properties"]
+    assert {"scan", "calib", "image", "sensor", "seeds", "align"} <= set(props)
+    assert all(p.get("description") for p in props.values()), props

@@ -260,3 +260,26 @@ def test_sample_gt_reaches_kittis_first_return_row(kitti_gt_dir):
     K = np.array([[721.5377, 0.0, 609.5593], [0.0, 721.5377, 172.854], [0.0, 0.0, 1.0]])
     stats = pattern_stats(sample_gt_with_profile(gt, K, "hdl64e_kitti", seed=0), crop=gt.shape)
     assert 110 <= stats["first_row"] <= 130 and 0.015 < stats["density"] < 0.05
+
+
+def test_link_budget_drops_far_returns_by_the_fitted_reflectances():
+    """A profile's `detection`: at range r only reflectances >= (r / range_m)^2 x the median return. With
+    reflectances uniform on [0, 2] (median 1), a firing at range_m returns with probability 1/2; on a wall at
+    30 m (ranges 30-39 m across the image) the share kept is the mean of that probability over the returns."""
+    from tasks.lidar import detection_probability
+    from tasks.sensors import DETECTION_LEVELS, parse_profile
+
+    det = {"range_m": 30.0, "reflectance_quantiles": (2.0 * DETECTION_LEVELS).tolist()}
+    p = detection_probability(det, np.array([0.0, 15.0, 30.0, 30.0 * np.sqrt(2.0), 100.0]))
+    np.testing.assert_allclose(p, [1.0, 1.0 - 0.25 / 2, 0.5, 0.0, 0.0], atol=1e-6)
+    raw = {"name": "w", "elevations_deg": [1.0, 0.0, -1.0], "azimuth_step_deg": 0.2, "max_range_m": 100.0,
+           "mount": {"translation_m": [0.0, 0.0, 0.0]}}
+    depth = np.full((H, W), 30.0, dtype=np.float32)
+    pose = sensor_pose(parse_profile(raw, "w"), seed=0, jitter=False)
+    plain = simulate_lidar(depth, K_KITTI, parse_profile(raw, "w"), seed=3, pose=pose)
+    budget = parse_profile({**raw, "detection": det}, "w")
+    lossy = simulate_lidar(depth, K_KITTI, budget, seed=3, pose=pose)
+    share = len(lossy.points_cam) / len(plain.points_cam)
+    expect = detection_probability(det, np.linalg.norm(plain.points_cam - pose[:3, 3], axis=1)).mean()
+    assert len(plain.points_cam) > 300 and 0.3 < expect < 0.5 and share == pytest.approx(expect, abs=0.05)
+    assert simulate_lidar(depth, K_KITTI, budget, seed=3, pose=pose).sparse.tobytes() == lossy.sparse.tobytes()

@@ -108,3 +108,19 @@ def test_malformed_files_name_the_file(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(GeometryError, match="not found"):
         load_profile("/nonexistent/profile.yaml")
+
+
+def test_detection_link_budget_key(tmp_path):
+    base = {"name": "v", "elevations_deg": [1, 0, -1], "azimuth_step_deg": 0.5, "max_range_m": 50}
+    q = [round(0.1 * k, 1) for k in range(21)]
+    p = parse_profile({**base, "detection": {"range_m": 40, "reflectance_quantiles": q}}, "d.yaml")
+    assert p.detection == {"range_m": 40.0, "reflectance_quantiles": q} and p.to_dict()["detection"]["range_m"] == 40.0
+    assert "detection" not in parse_profile(base, "d.yaml").to_dict()  # profiles without it hash as before
+    for bad, match in (({"range_m": 40}, "exactly"), ({"range_m": 0, "reflectance_quantiles": q}, "> 0"),
+                       ({"range_m": 40, "reflectance_quantiles": q[:5]}, "21 non-decreasing"),
+                       ({"range_m": 40, "reflectance_quantiles": q[::-1]}, "non-decreasing")):
+        with pytest.raises(GeometryError, match=match):
+            parse_profile({**base, "detection": bad}, "d.yaml")
+    with pytest.raises(GeometryError, match="spinning"):
+        parse_profile({"name": "l", "pattern": load_profile("livox_avia").pattern, "max_range_m": 50,
+                       "detection": {"range_m": 40, "reflectance_quantiles": q}}, "l.yaml")

@@ -8,7 +8,7 @@ from tests.helpers import free_port
 
 def test_reads_pool_and_deployments_from_prefect_yaml():
     assert pool_name() == "monolidar-pool"
-    assert deployment_names() == ["build-dataset", "repair-shards", "pretrain", "finetune", "evaluate"]
+    assert deployment_names() == ["build-dataset", "repair-shards", "pretrain", "finetune", "evaluate", "sensor-fidelity"]
 
 
 def test_a_configured_server_that_does_not_answer_is_a_one_line_error(tmp_path, monkeypatch, capsys):
