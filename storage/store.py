@@ -71,11 +71,12 @@ ARRAY_DOCS = {
 # Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
 # samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
 # (bench/bench_build.py --stages). Two profiles:
-# * "balanced" (default, what a build writes): blosc level 1 (= zstd 1) in 256 KiB blocks, with the shuffle
-#   that suits each array's bytes (bit shuffle for uint8 RGB and the float16 teacher output, byte shuffle for
-#   the float32 depth and uint16 sparse). Measured per 352x1216 sample and one core: ~17 ms to encode
-#   rgb+teacher+depth+sparse vs ~90 ms at level 5 with blosc's automatic block size, for +0.7 % bytes: the
-#   256 KiB blocks win back what the lower level loses (and byte shuffle made depth smaller than bit shuffle).
+# * "balanced" (default, what a build writes): blosc zstd in 256 KiB blocks, level 1 (= zstd 1) for rgb, depth
+#   and sparse, level 2 (= zstd 3) for the teacher output (the one array where the level pays: -13 % bytes), bit
+#   shuffle for uint8 RGB and float32 depth, byte shuffle for 2-byte numbers. Per 352x1216 sample on one core
+#   (on bench/bench_loader.py's KITTI samples and on simulated build shards): ~17-20 ms to encode
+#   rgb+teacher+depth+sparse vs ~70-90 ms at level 5 with blosc's automatic block size, for +1-6 % bytes
+#   (the 256 KiB blocks win back most of what the lower level loses); decoding costs the same.
 # * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
 #   ~6-10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's
 #   ~30 ms per-sample budget; meant for archiving or publishing a finished dataset.
@@ -84,8 +85,8 @@ ARRAY_DOCS = {
 COMPRESSION = {
     "balanced": {
         "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
-        "teacher_output": (None, "zstd", 1, "bitshuffle", 256 << 10),
-        "depth": (None, "zstd", 1, "shuffle", 256 << 10),
+        "teacher_output": (None, "zstd", 2, "shuffle", 256 << 10),
+        "depth": (None, "zstd", 1, "bitshuffle", 256 << 10),
         "sparse": (None, "zstd", 1, "shuffle", 256 << 10),
         "K": (None, "zstd", 1, "shuffle", 0),
         "lidar_pose": (None, "zstd", 1, "shuffle", 0),
