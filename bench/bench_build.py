@@ -144,6 +144,9 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path) -> None:
     print(f"  {'total':42s} {1000 * total / n:7.2f} ms/sample  (target <= 30)")
     print(f"  {'total without the store write':42s} "
           f"{1000 * (total - clock.cpu[order[-1]]) / n:7.2f} ms/sample")
+    stored = sum(f.stat().st_size for name in st.ARRAYS for f in (work / "stages.zarr" / name / "c").rglob("*")
+                 if f.is_file())
+    print(f"  store bytes per sample ({store.attrs['monolidar']['compression']} profile): {stored / n / 1024:.0f} KiB")
 
 
 # ------------------------------------------------------------------ (b) build vs teacher only

@@ -8,7 +8,7 @@ random order from both, alternating which goes first in each pass. Prints rates,
 manifest). With the ``zarrs`` package installed it also reads through zarrs' Rust codec pipeline
 (``zarr.config codec_pipeline.path``), in the same alternating passes.
 
-    python bench/bench_loader.py [--samples 64] [--passes 3] [--workdir DIR]
+    python bench/bench_loader.py [--samples 64] [--passes 3] [--workdir DIR] [--profiles balanced small]
 """
 from __future__ import annotations
 
@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passes", type=int, default=3)
     ap.add_argument("--shard-size", type=int, default=8)
     ap.add_argument("--workdir", type=Path, default=None, help="where to write (default: a temporary directory)")
+    ap.add_argument("--profiles", nargs="+", choices=list(COMPRESSION), default=list(COMPRESSION),
+                    help="compression profiles to measure (the first is also read through zarrs)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench_loader_", dir=args.workdir))
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         source = "shared KITTI frames" if KITTI_GT.is_dir() else "synthetic frames"
         print(f"samples: {len(samples)} x {KITTI_CROP[0]}x{KITTI_CROP[1]} from {source} ({time.perf_counter() - t:.1f} s)")
 
-        profiles = list(COMPRESSION)
+        profiles = list(args.profiles)
         t_write = {}
         for prof in profiles:
             t = time.perf_counter()

@@ -31,7 +31,7 @@ from tasks.errors import StoreError
 _NAMESPACES = ("teacher",)
 _SUFFIX = ".npy.zst"
 _MAGIC_NPY, _MAGIC_F16D = b"NPY0", b"F16D"
-_ZSTD_LEVEL = 3  # teacher maps are smooth; higher levels cost CPU on the build's critical path for ~5 %
+_ZSTD_LEVEL = 2  # teacher maps are smooth; level 3 measured ~2 % smaller for ~30 % more encode CPU
 
 
 def default_cache_dir(store_path: str | os.PathLike) -> Path:
@@ -67,9 +67,11 @@ class ArrayCache:
         a = np.ascontiguousarray(array)
         buf = io.BytesIO()
         if a.dtype == np.float16 and a.ndim == 2:
-            d = np.diff(a.view(np.uint16), axis=1, prepend=np.uint16(0))  # wraps modulo 2**16: lossless
+            d = np.diff(a.view(np.uint16), axis=1, prepend=np.uint16(0)).astype("<u2", copy=False)  # wraps: lossless
+            # (low, high) byte planes = the little-endian bytes of d, transposed: one copy, no per-plane temporaries
+            planes = np.ascontiguousarray(d.view(np.uint8).reshape(*d.shape, 2).transpose(2, 0, 1))
             buf.write(_MAGIC_F16D)
-            np.save(buf, np.stack([(d & 0xFF).astype(np.uint8), (d >> 8).astype(np.uint8)]), allow_pickle=False)
+            np.save(buf, planes, allow_pickle=False)
         else:
             buf.write(_MAGIC_NPY)
             np.save(buf, a, allow_pickle=False)

@@ -12,12 +12,17 @@ import io
 import os
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from storage.root import StoreRoot
 from tasks.errors import InputError, StoreError
 
 PLAN_FILE = "plan.parquet"
+# Rows per Parquet row group. The plan is sorted by shard, so each row group's min/max statistics of the
+# shard column let a shard writer read just the group(s) holding its rows (plan_rows_for_shard) instead of
+# the whole plan (~30 MB at a million samples).
+PLAN_ROW_GROUP = 8192
 PLAN_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
@@ -40,7 +45,7 @@ def plan_bytes(rows: list[dict]) -> bytes:
         [{k: r[k] for k in PLAN_SCHEMA.names} for r in rows], schema=PLAN_SCHEMA
     ).sort_by([("shard", "ascending"), ("row", "ascending")])
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table, buf, row_group_size=PLAN_ROW_GROUP)
     return buf.getvalue()
 
 
@@ -66,14 +71,28 @@ def read_plan(store_path: "str | os.PathLike | StoreRoot") -> list[dict]:
 
 def plan_rows_for_shard(store_path: "str | os.PathLike | StoreRoot", shard: int) -> list[dict]:
     """The plan rows of one shard, sorted by row ([] without a plan, or if the plan is unreadable: the shard's
-    own copy is a convenience for verify, never a reason to fail a write)."""
+    own copy is a convenience for verify, never a reason to fail a write).
+
+    Reads the footer and only the row groups whose shard statistics can hold ``shard`` (ranged reads on
+    object storage too), not the whole plan."""
     root = _root(store_path)
+    shard = int(shard)
     try:
-        data = root.read_bytes(PLAN_FILE)
-        table = pq.read_table(pa.BufferReader(data), filters=[("shard", "=", int(shard))])
+        if root.path is not None:
+            pf = pq.ParquetFile(str(root.path / PLAN_FILE))
+        else:
+            pf = pq.ParquetFile(root.fs.open(f"{root.base}/{PLAN_FILE}", "rb"))
+        col = pf.schema_arrow.get_field_index("shard")
+        groups = []
+        for g in range(pf.metadata.num_row_groups):
+            st = pf.metadata.row_group(g).column(col).statistics
+            if st is None or not st.has_min_max or st.min <= shard <= st.max:
+                groups.append(g)
+        table = pf.read_row_groups(groups) if groups else PLAN_SCHEMA.empty_table()
     except (FileNotFoundError, OSError, pa.ArrowException):
         return []
-    return sorted(table.to_pylist(), key=lambda r: r["row"])
+    rows = table.filter(pa.compute.equal(table.column("shard"), shard)).to_pylist()
+    return sorted(rows, key=lambda r: r["row"])
 
 
 def read_input_uris(spec: str) -> list[str]:

@@ -69,30 +69,35 @@ ARRAY_DOCS = {
 }
 
 # Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
-# samples (KITTI-like 352x1216; figures in README "Dataset format"). Two profiles:
-# * "balanced" (default, what a build writes): blosc level 5 (= zstd 9) with the shuffle that suits each
-#   array's bytes (bit shuffle for uint8 RGB and the smooth float32 depth, byte shuffle for 2-byte numbers).
-#   ~0.05-0.1 s of CPU per array and sample on writes.
+# samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
+# (bench/bench_build.py --stages). Two profiles:
+# * "balanced" (default, what a build writes): blosc zstd in 256 KiB blocks, level 1 (= zstd 1) for rgb, depth
+#   and sparse, level 2 (= zstd 3) for the teacher output (the one array where the level pays: -13 % bytes), bit
+#   shuffle for uint8 RGB and float32 depth, byte shuffle for 2-byte numbers. Per 352x1216 sample on one core
+#   (on bench/bench_loader.py's KITTI samples and on simulated build shards): ~17-20 ms to encode
+#   rgb+teacher+depth+sparse vs ~70-90 ms at level 5 with blosc's automatic block size, for +1-6 % bytes
+#   (the 256 KiB blocks win back most of what the lower level loses); decoding costs the same.
 # * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
-#   ~10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's ~30 ms
-#   per-sample budget; meant for archiving or publishing a finished dataset.
-# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle)
+#   ~6-10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's
+#   ~30 ms per-sample budget; meant for archiving or publishing a finished dataset.
+# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle, blocksize;
+# 0 = blosc chooses)
 COMPRESSION = {
     "balanced": {
-        "rgb": (None, "zstd", 5, "bitshuffle"),
-        "teacher_output": (None, "zstd", 5, "shuffle"),
-        "depth": (None, "zstd", 5, "bitshuffle"),
-        "sparse": (None, "zstd", 5, "shuffle"),
-        "K": (None, "zstd", 5, "shuffle"),
-        "lidar_pose": (None, "zstd", 5, "shuffle"),
+        "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
+        "teacher_output": (None, "zstd", 2, "shuffle", 256 << 10),
+        "depth": (None, "zstd", 1, "bitshuffle", 256 << 10),
+        "sparse": (None, "zstd", 1, "shuffle", 256 << 10),
+        "K": (None, "zstd", 1, "shuffle", 0),
+        "lidar_pose": (None, "zstd", 1, "shuffle", 0),
     },
     "small": {
-        "rgb": ((0, 3, 1, 2), "zstd", 9, "noshuffle"),
-        "teacher_output": (None, "zstd", 9, "shuffle"),
-        "depth": (None, "zstd", 9, "bitshuffle"),
-        "sparse": (None, "zstd", 9, "shuffle"),
-        "K": (None, "zstd", 5, "shuffle"),
-        "lidar_pose": (None, "zstd", 5, "shuffle"),
+        "rgb": ((0, 3, 1, 2), "zstd", 9, "noshuffle", 0),
+        "teacher_output": (None, "zstd", 9, "shuffle", 0),
+        "depth": (None, "zstd", 9, "bitshuffle", 0),
+        "sparse": (None, "zstd", 9, "shuffle", 0),
+        "K": (None, "zstd", 5, "shuffle", 0),
+        "lidar_pose": (None, "zstd", 5, "shuffle", 0),
     },
 }
 DEFAULT_COMPRESSION = "balanced"
@@ -106,13 +111,12 @@ def sample_shape(name: str, height: int, width: int) -> tuple[int, ...]:
 def _codecs(name: str, compression: str = DEFAULT_COMPRESSION) -> dict[str, Any]:
     from zarr.codecs import BloscCodec, Crc32cCodec, TransposeCodec
 
-    order, cname, clevel, shuffle = COMPRESSION[compression][name]
+    order, cname, clevel, shuffle, blocksize = COMPRESSION[compression][name]
     dtype = ARRAYS[name][0]
     return {
         "filters": [TransposeCodec(order=order)] if order else None,
         "compressors": [
-            # blocksize 0: blosc picks its block size (a whole-chunk block measured no smaller)
-            BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=dtype.itemsize, blocksize=0),
+            BloscCodec(cname=cname, clevel=clevel, shuffle=shuffle, typesize=dtype.itemsize, blocksize=blocksize),
             Crc32cCodec(),  # checksum of each compressed chunk, checked on every read
         ],
     }

@@ -142,7 +142,8 @@ def disparity_to_depth(
     info = {"scale": 0.0, "shift": 0.0, "near_m": near_m, "far_m": far_m, "sky_fraction": 1.0}
     if not finite.any():
         return depth, info
-    d_near = float(np.quantile(disp[finite], policy.near_quantile))
+    # overwrite_input: the masked copy is a temporary, so quantile may partition it in place (one copy less)
+    d_near = float(np.quantile(disp[finite], policy.near_quantile, overwrite_input=True))
     if d_near <= 0.0:  # nothing nearer than "infinity": all sky
         return depth, info
     surface = finite & (disp > policy.sky_ratio * d_near)
@@ -150,7 +151,7 @@ def disparity_to_depth(
         surface &= ~_smooth_far_sky(disp, ~surface, rgb, policy.sky_soft_ratio * d_near, policy.sky_max_texture)
     if not surface.any():
         return depth, info
-    d_far = float(np.quantile(disp[surface], policy.far_quantile))
+    d_far = float(np.quantile(disp[surface], policy.far_quantile, overwrite_input=True))
 
     if affine is not None:
         scale, shift = float(affine[0]), float(affine[1])

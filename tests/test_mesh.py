@@ -88,3 +88,29 @@ def test_export_roundtrip(tmp_path, suffix):
     assert len(loaded.faces) == len(mesh.faces)
     with pytest.raises(GeometryError, match=r"\.obj"):
         export_mesh(mesh, tmp_path / "m.obj")
+
+
+def test_triangle_mask_and_tile_ranges_match_a_numpy_reference():
+    """The numba pass (tile by tile) keeps exactly the triangles of the module docstring's rule and records
+    each skip tile's depth range over them; checked against a plain numpy statement of the rule on maps with
+    sky, out-of-range vertices, edges and sizes that are not multiples of the tile."""
+    from tasks.mesh import SKIP_TILE, _triangle_mask
+
+    rng = np.random.default_rng(3)
+    for h, w in ((2, 2), (9, 17), (37, 45), (64, 80)):
+        d = rng.choice([0.0, 0.05, 5.0, 5.5, 30.0, 130.0], size=(h, w)) * rng.uniform(0.95, 1.05, (h, w))
+        ok, tmin, tmax, n = _triangle_mask(d, 0.1, 120.0, 1.2, SKIP_TILE)
+        a, b, c, e = d[:-1, :-1], d[:-1, 1:], d[1:, :-1], d[1:, 1:]
+        valid = lambda x: (x >= 0.1) & (x <= 120.0)  # noqa: E731
+        tris = [(a, c, b), (b, c, e)]
+        ref = np.stack([valid(p) & valid(q) & valid(r) & (np.maximum(np.maximum(p, q), r)
+                                                          <= 1.2 * np.minimum(np.minimum(p, q), r))
+                        for p, q, r in tris])
+        np.testing.assert_array_equal(ok, ref)
+        assert n == ref.sum()
+        lo = np.where(ref, np.stack([np.minimum(np.minimum(p, q), r) for p, q, r in tris]), np.inf)
+        hi = np.where(ref, np.stack([np.maximum(np.maximum(p, q), r) for p, q, r in tris]), -np.inf)
+        for ti in range(tmin.shape[0]):
+            for tj in range(tmin.shape[1]):
+                blk = np.s_[:, ti * SKIP_TILE:(ti + 1) * SKIP_TILE, tj * SKIP_TILE:(tj + 1) * SKIP_TILE]
+                assert tmin[ti, tj] == lo[blk].min() and tmax[ti, tj] == hi[blk].max()

@@ -136,3 +136,47 @@ def test_array_cache_float16_maps_roundtrip_bit_exact(tmp_path):
     (tmp_path / "c" / "teacher" / "01" / ("01" * 32 + ".npy.zst")).write_bytes(b"garbage")
     with pytest.raises(StoreError, match="unreadable cache entry"):
         cache.get("teacher", "01" * 32)
+
+
+def test_array_cache_float16_layout_is_low_then_high_byte_plane(tmp_path):
+    """Entries written by earlier builds stay readable: the F16D body is the (low, high) byte planes of the
+    row deltas, exactly as documented in storage.cache, whatever the encoder does internally."""
+    import io
+
+    from storage.cache import _zstd
+
+    cache = ArrayCache(tmp_path / "c")
+    a = np.linspace(0, 3, 6 * 7, dtype=np.float16).reshape(6, 7)
+    path = cache.put("teacher", "03" * 32, a)
+    raw = bytes(_zstd().decode(path.read_bytes()))
+    assert raw[:4] == b"F16D"
+    planes = np.load(io.BytesIO(raw[4:]))
+    d = np.diff(a.view(np.uint16), axis=1, prepend=np.uint16(0))
+    np.testing.assert_array_equal(planes, np.stack([d & 0xFF, d >> 8]).astype(np.uint8))
+
+
+def test_plan_rows_for_shard_reads_only_its_row_groups(tmp_path, monkeypatch):
+    """A shard write reads the plan's footer and the row groups whose shard range holds it, not the whole
+    plan, and gets exactly the rows a full read + filter gives."""
+    import pyarrow.parquet as pq
+
+    import storage.plan as sp
+
+    monkeypatch.setattr(sp, "PLAN_ROW_GROUP", 10)
+    rows = [{"sample_id": f"s{i}", "key": f"k{i}", "uri": f"/x/{i}.jpg", "variant": 0, "shard": i // 4,
+             "row": i % 4, "seed": i} for i in range(100)][::-1]  # unsorted on purpose: the plan sorts
+    sp.write_plan(tmp_path, rows)
+    pf = pq.ParquetFile(tmp_path / sp.PLAN_FILE)
+    assert pf.metadata.num_row_groups == 10
+    read = []
+    real = pq.ParquetFile.read_row_groups
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                        lambda self, groups, *a, **k: read.append(list(groups)) or real(self, groups, *a, **k))
+    full = sp.read_plan(tmp_path)
+    for shard in (0, 2, 7, 24):
+        got = sp.plan_rows_for_shard(tmp_path, shard)
+        assert got == sorted((r for r in full if r["shard"] == shard), key=lambda r: r["row"])
+        assert [r["row"] for r in got] == [0, 1, 2, 3]
+    assert read == [[0], [0, 1], [2, 3], [9]]  # shard 2 (rows 8-11) straddles groups 0 and 1
+    assert sp.plan_rows_for_shard(tmp_path, 99) == []
+    assert sp.plan_rows_for_shard(tmp_path / "absent", 0) == []
