@@ -351,5 +351,10 @@ def repair_dataset(store: str, teacher: str | None = None, cache_dir: str | None
         results = _run_shards(ds, cache, todo, cfg, ident, sim_workers=resolve_sim_workers(sim_workers),
                               progress=progress)
         summary = _finalize(ds, cfg, ident, results, {"repaired": sorted(todo)}, previews=0)
-    summary.update(repaired_shards=sorted(todo), changed=True)
+    # Only shards whose write task completed are repaired; the others stay listed in failed_shards.
+    repaired = sorted(r["shard"] for r in results if not r.get("failed_shard"))
+    if summary["failed_shards"]:
+        logger.error("%s: %d shard(s) could not be repaired: %s", store, len(summary["failed_shards"]),
+                     summary["failed_shards"][:20])
+    summary.update(repaired_shards=repaired, changed=bool(repaired))
     return summary

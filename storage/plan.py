@@ -70,8 +70,10 @@ def read_plan(store_path: "str | os.PathLike | StoreRoot") -> list[dict]:
 
 
 def plan_rows_for_shard(store_path: "str | os.PathLike | StoreRoot", shard: int) -> list[dict]:
-    """The plan rows of one shard, sorted by row ([] without a plan, or if the plan is unreadable: the shard's
-    own copy is a convenience for verify, never a reason to fail a write).
+    """The plan rows of one shard, sorted by row ([] when the store has no plan). An unreadable plan raises
+    StoreError: the rows go into the shard's manifest part, so a shard written without them would differ
+    from the same shard written a moment later (a transient read error must fail the write, which is then
+    retried or repaired, never commit different bytes).
 
     Reads the footer and only the row groups whose shard statistics can hold ``shard`` (ranged reads on
     object storage too), not the whole plan."""
@@ -89,8 +91,10 @@ def plan_rows_for_shard(store_path: "str | os.PathLike | StoreRoot", shard: int)
             if st is None or not st.has_min_max or st.min <= shard <= st.max:
                 groups.append(g)
         table = pf.read_row_groups(groups) if groups else PLAN_SCHEMA.empty_table()
-    except (FileNotFoundError, OSError, pa.ArrowException):
+    except FileNotFoundError:
         return []
+    except (OSError, pa.ArrowException) as e:
+        raise StoreError(f"{root.full(PLAN_FILE)}: build plan unreadable ({e})") from e
     rows = table.filter(pa.compute.equal(table.column("shard"), shard)).to_pylist()
     return sorted(rows, key=lambda r: r["row"])
 

@@ -8,7 +8,9 @@ GPU box it is the expensive resource), so simulation runs at a lower CPU priorit
 teacher leaves idle instead of making its threads wait.
 
 The pool is created on first use and reused by later builds in the same process (workers keep their
-imports and Numba code warm); it is shut down when the process exits. Work functions are plain module-level
+imports and Numba code warm); it is shut down when the process exits. Workers copy the environment when they
+start, so a pool whose creator's environment has changed since (object-store credentials and endpoint,
+thread settings) is replaced: a worker must never write with a configuration its caller no longer has. Work functions are plain module-level
 functions; their results must pickle and be small.
 """
 from __future__ import annotations
@@ -52,10 +54,17 @@ def _init_worker(nice: int) -> None:
         pass
 
 
+def _environment_fingerprint() -> str:
+    """A digest of this process's environment variables (what spawned workers inherit)."""
+    import hashlib
+
+    return hashlib.sha256(repr(sorted(os.environ.items())).encode()).hexdigest()
+
+
 def get_pool(workers: int, *, nice: int = SIM_NICE) -> ProcessPoolExecutor:
     """The process-wide simulation pool with ``workers`` processes (replaced if the size changes)."""
     global _POOL, _POOL_KEY
-    key = (int(workers), int(nice))
+    key = (int(workers), int(nice), _environment_fingerprint())
     with _LOCK:
         if _POOL is not None and _POOL_KEY != key:
             _POOL.shutdown(wait=True)
