@@ -67,6 +67,7 @@ def test_teacher_cache_reused_when_only_the_sensor_changes(prefect_harness, smal
     assert any(not np.array_equal(a[i]["sparse"], b[i]["sparse"]) for i in a)
 
 
+@pytest.mark.slow  # ~8 s: a real flow run (keeps `-m 'not slow'` under 3 min)
 def test_incremental_rebuild_appends_and_leaves_old_shards_untouched(prefect_harness, small_images,
                                                                      tiny_teacher_onnx, tmp_path):
     imgs = tmp_path / "grow"
@@ -93,6 +94,7 @@ def test_incremental_rebuild_appends_and_leaves_old_shards_untouched(prefect_har
     assert res["removed_inputs"] == [names[3]] and res["shards_run"] == 0 and res["samples"] == 5
 
 
+@pytest.mark.slow  # ~8 s: a real flow run (keeps `-m 'not slow'` under 3 min)
 def test_repair_reruns_only_missing_shards_and_is_idempotent(prefect_harness, small_images, tiny_teacher_onnx,
                                                              tmp_path, capsys):
     store = tmp_path / "rep.zarr"
@@ -147,6 +149,7 @@ def test_second_concurrent_build_is_refused(prefect_harness, small_images, tiny_
             run_build(small_images, store, tiny_teacher_onnx)
 
 
+@pytest.mark.slow  # ~8 s: a real flow run (keeps `-m 'not slow'` under 3 min)
 def test_rebuild_with_another_config_is_refused_unless_overwrite(prefect_harness, small_images, tiny_teacher_onnx,
                                                                  tmp_path):
     store = tmp_path / "cfg.zarr"
@@ -157,6 +160,7 @@ def test_rebuild_with_another_config_is_refused_unless_overwrite(prefect_harness
     assert res["sensor"] == "vlp16" and res["status"]["ok"] == 5
 
 
+@pytest.mark.slow  # ~8 s: a real flow run (keeps `-m 'not slow'` under 3 min)
 def test_transient_io_errors_are_retried(prefect_harness, small_images, tiny_teacher_onnx, tmp_path, monkeypatch):
     import tasks.build_tasks as bt
 
