@@ -5,8 +5,10 @@ else synthetic street-like content), writes them both as a store and as a KITTI 
 directory, then reads the same arrays (rgb + sparse + depth -> uint8 RGB and float32 metres) in the same
 random order from both, alternating which goes first in each pass. Prints rates, the speed ratio, and bytes
 (like-for-like: the three arrays the PNG set also holds; and the whole store incl. teacher output, K, pose,
-manifest). With the ``zarrs`` package installed it also reads through zarrs' Rust codec pipeline
-(``zarr.config codec_pipeline.path``), in the same alternating passes.
+manifest). Readers: the project's own path (``DatasetStore.read_arrays``: tensorstore on a local store), plain
+zarr-python as a reader without monolidar opens the store, and, with the ``zarrs`` package installed, plain
+zarr-python through zarrs' Rust codec pipeline (``zarr.config codec_pipeline.path``), in the same alternating
+passes.
 
     python bench/bench_loader.py [--samples 64] [--passes 3] [--workdir DIR] [--profiles balanced small]
 """
@@ -151,21 +153,31 @@ def main(argv: list[str] | None = None) -> int:
             it = png_items[i]
             return read_rgb(it.rgb_path), read_depth_png(it.sparse_path), read_depth_png(it.gt_path)
 
+        # store[p]: the project's read path (DatasetStore.read_arrays: tensorstore on a local store);
+        # zarr-python: the same arrays through plain zarr, as a reader without monolidar would open them.
         readers = [(f"store[{p}]", store_reader(DatasetStore.open(work / p))) for p in profiles]
         readers.append(("png", read_png))
+        import zarr
+
+        def zarr_reader(pipeline: str | None):
+            conf = {"codec_pipeline.path": pipeline} if pipeline else {}
+            with zarr.config.set(conf):
+                group = zarr.open_group(str(work / profiles[0]), mode="r")
+                arrays = [group[n] for n in ("rgb", "sparse", "depth")]
+                for a in arrays:
+                    a[0]  # the pipeline is bound when an array is first used
+
+            def read(i: int):
+                with zarr.config.set(conf):
+                    rgb, sparse, depth = (a[i] for a in arrays)
+                return rgb, uint16_to_depth(sparse), depth
+            return read
+
+        readers.append((f"zarr-python[{profiles[0]}]", zarr_reader(None)))
         try:
-            import zarr
             import zarrs  # noqa: F401
 
-            with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
-                zread = store_reader(DatasetStore.open(work / profiles[0]))
-                zread(0)  # the pipeline is bound when the arrays are first used
-
-            def read_zarrs(i: int):
-                with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
-                    return zread(i)
-
-            readers.append((f"store[{profiles[0]}]+zarrs", read_zarrs))
+            readers.append((f"zarr-python+zarrs[{profiles[0]}]", zarr_reader("zarrs.ZarrsCodecPipeline")))
         except ImportError:
             print("(zarrs not installed: its codec pipeline is not measured)")
 

@@ -450,8 +450,39 @@ class DatasetStore:
         return table.slice(row, 1).to_pylist()[0]
 
     def read_arrays(self, index: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
-        """Raw stored arrays of one sample (sparse stays uint16), without manifest checks."""
-        return {name: self._arrays[name][int(index)] for name in names}
+        """Raw stored arrays of one sample (sparse stays uint16), without manifest checks. Every chunk's crc32c
+        is checked on the way (a mismatch raises StoreError naming the shard object)."""
+        fast = self._fast_readers()
+        if fast is None:
+            return {name: self._arrays[name][int(index)] for name in names}
+        futures = {name: fast[name][int(index)].read() for name in names}  # the arrays decode in parallel
+        out = {}
+        for name, fut in futures.items():
+            try:
+                out[name] = fut.result()
+            except ValueError as exc:  # tensorstore reports DATA_LOSS (checksum, truncation) as ValueError
+                raise StoreError(f"{self.url}: sample {index}: {name}: {str(exc).splitlines()[0]}") from None
+        return out
+
+    def _fast_readers(self) -> dict[str, Any] | None:
+        """tensorstore handles on the arrays of a read-only local store, opened on first use (None for a
+        writable or remote store, or without tensorstore: zarr-python reads then). Why: random access is what
+        training does, and tensorstore's C++ pipeline decodes a sample ~2x faster than zarr-python's
+        (bench/bench_loader.py); it reads the same standard codecs and verifies the same crc32c. It keeps no
+        chunk cache, so it never serves bytes older than the files."""
+        if self._mode != "r" or self.root.path is None:
+            return None
+        if getattr(self, "_ts_arrays", None) is None:
+            try:
+                import tensorstore as ts
+            except ImportError:
+                self._ts_arrays = {}
+                return None
+            self._ts_arrays = {
+                name: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.root.path / name)}},
+                              read=True).result()
+                for name in ARRAYS}
+        return self._ts_arrays or None
 
     def read_shard_arrays(self, shard: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
         """Every row of one shard (shard_size rows), decoded: every chunk's crc32c is checked on the way."""

@@ -369,3 +369,25 @@ def test_format_1_store_asks_for_a_rebuild(tmp_path):
 def test_unknown_compression_profile_is_refused(tmp_path):
     with pytest.raises(StoreError, match="unknown compression 'tiny'; expected one of balanced, small"):
         new_store(tmp_path / "ds", compression="tiny")
+
+
+def test_read_only_store_reads_through_tensorstore_with_checksums(tmp_path):
+    """A read-only local store reads samples through tensorstore: the same values as zarr-python (the writable
+    handle's path), and a flipped byte in a shard object is refused with a StoreError naming the array."""
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(1)
+    arrays = make_arrays(S, 7)
+    store.write_shard(0, arrays, make_rows(0, S))
+    reader = DatasetStore.open(tmp_path / "ds")
+    assert reader._fast_readers() is not None and store._fast_readers() is None
+    for i in (0, S - 1):
+        fast, plain = reader.read_arrays(i), store.read_arrays(i)
+        for name in ARRAYS:
+            assert fast[name].dtype == plain[name].dtype and fast[name].tobytes() == plain[name].tobytes(), name
+    obj = tmp_path / "ds" / store.shard_object("depth", 0)
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    obj.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="depth: .*(Digest mismatch|DATA_LOSS)"):
+        for i in range(S):
+            DatasetStore.open(tmp_path / "ds").read_arrays(i)
