@@ -103,6 +103,10 @@ COMPRESSION = {
 DEFAULT_COMPRESSION = "balanced"
 
 
+# The process in which tensorstore first read (see DatasetStore._fast_readers); None until then.
+_TENSORSTORE_PID: int | None = None
+
+
 def sample_shape(name: str, height: int, width: int) -> tuple[int, ...]:
     """Per-sample shape of array ``name`` in a store of the given image size."""
     return ARRAYS[name][1](height, width)
@@ -470,7 +474,12 @@ class DatasetStore:
         training does, and tensorstore's C++ pipeline decodes a sample ~2x faster than zarr-python's
         (bench/bench_loader.py); it reads the same standard codecs and verifies the same crc32c. It keeps no
         chunk cache, so it never serves bytes older than the files."""
+        global _TENSORSTORE_PID
         if self._mode != "r" or self.root.path is None:
+            return None
+        if _TENSORSTORE_PID not in (None, os.getpid()):
+            # A child forked after tensorstore ran here (a fork-based DataLoader worker): tensorstore aborts
+            # the process on use after fork, so this process reads through zarr-python.
             return None
         if getattr(self, "_ts_arrays", None) is None:
             try:
@@ -478,6 +487,7 @@ class DatasetStore:
             except ImportError:
                 self._ts_arrays = {}
                 return None
+            _TENSORSTORE_PID = os.getpid()
             self._ts_arrays = {
                 name: ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(self.root.path / name)}},
                               read=True).result()

@@ -391,3 +391,22 @@ def test_read_only_store_reads_through_tensorstore_with_checksums(tmp_path):
     with pytest.raises(StoreError, match="depth: .*(Digest mismatch|DATA_LOSS)"):
         for i in range(S):
             DatasetStore.open(tmp_path / "ds").read_arrays(i)
+
+
+def test_a_child_forked_after_a_tensorstore_read_still_reads(tmp_path):
+    """tensorstore aborts a forked child that uses it (fork-based DataLoader workers): a child forked after the
+    parent read through tensorstore reads through zarr-python instead, with the same values."""
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(1)
+    store.write_shard(0, make_arrays(S, 3), make_rows(0, S))
+    reader = DatasetStore.open(tmp_path / "ds")
+    want = reader.read_arrays(1)["depth"].tobytes()  # tensorstore has run in this process
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if it read the same bytes
+        ok = False
+        try:
+            ok = DatasetStore.open(tmp_path / "ds").read_arrays(1)["depth"].tobytes() == want
+        finally:
+            os._exit(0 if ok else 3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
