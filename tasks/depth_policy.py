@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numba
 import numpy as np
 from scipy import ndimage
 
@@ -128,9 +129,12 @@ def disparity_to_depth(
         raise GeometryError(f"teacher output must be a non-empty (H, W) map, got shape {disp.shape}")
     if kind not in DEPTH_KINDS:
         raise GeometryError(f"unknown teacher output kind {kind!r}; expected one of {DEPTH_KINDS}")
-    disp = disp.astype(np.float64)
     if kind == "metric":
-        return _metric(disp, policy)
+        return _metric(disp.astype(np.float64), policy)
+    # float16/float32 maps stay float32 (every value is exact there, and partitions and masks of the smaller
+    # array are faster); each comparison and the affine map below still run in float64 (np.float64 scalars
+    # promote), so the result is the same as computing on a float64 copy.
+    disp = disp.astype(np.float32 if disp.dtype in (np.float16, np.float32) else np.float64, copy=False)
 
     # The seeded draw happens first and unconditionally, so the same seed always means the same range.
     rng = np.random.default_rng(seed)
@@ -142,16 +146,16 @@ def disparity_to_depth(
     info = {"scale": 0.0, "shift": 0.0, "near_m": near_m, "far_m": far_m, "sky_fraction": 1.0}
     if not finite.any():
         return depth, info
-    # overwrite_input: the masked copy is a temporary, so quantile may partition it in place (one copy less)
-    d_near = float(np.quantile(disp[finite], policy.near_quantile, overwrite_input=True))
+    d_near = quantile_linear(disp[finite], policy.near_quantile)  # the masked copy is ours to reorder
     if d_near <= 0.0:  # nothing nearer than "infinity": all sky
         return depth, info
-    surface = finite & (disp > policy.sky_ratio * d_near)
+    surface = finite & (disp > np.float64(policy.sky_ratio * d_near))
     if rgb is not None:
-        surface &= ~_smooth_far_sky(disp, ~surface, rgb, policy.sky_soft_ratio * d_near, policy.sky_max_texture)
+        surface &= ~_smooth_far_sky(disp, ~surface, rgb, np.float64(policy.sky_soft_ratio * d_near),
+                                    policy.sky_max_texture)
     if not surface.any():
         return depth, info
-    d_far = float(np.quantile(disp[surface], policy.far_quantile, overwrite_input=True))
+    d_far = quantile_linear(disp[surface], policy.far_quantile)
 
     if affine is not None:
         scale, shift = float(affine[0]), float(affine[1])
@@ -161,13 +165,45 @@ def disparity_to_depth(
     else:
         scale = (1.0 / near_m - 1.0 / far_m) / (d_near - d_far)
         shift = 1.0 / far_m - scale * d_far
-    inv = scale * disp + shift
-    surface &= inv > 0.0
-    if policy.beyond_max == "none":
-        surface &= inv >= 1.0 / policy.max_depth_m
-    depth[surface] = np.minimum(1.0 / inv[surface], policy.max_depth_m)
-    info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - surface.mean()))
+    n_surface = _affine_inverse_depth(disp, surface, float(scale), float(shift), float(policy.max_depth_m),
+                                      policy.beyond_max == "none", depth)
+    info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - n_surface / depth.size))
     return depth, info
+
+
+@numba.njit(cache=True, nogil=True)
+def _affine_inverse_depth(disp, surface, scale, shift, max_depth, drop_beyond, out):
+    # One pass for what numpy did in five full-size temporaries: inv = scale * disp + shift on the surface,
+    # "beyond infinity" (inv <= 0) and (drop_beyond) beyond max_depth are no surface, else min(1/inv, max),
+    # computed in float64 and stored as float32 (the same IEEE operations, so the same values as before).
+    n = 0
+    for i in range(disp.shape[0]):
+        for j in range(disp.shape[1]):
+            if surface[i, j]:
+                inv = scale * disp[i, j] + shift
+                if inv > 0.0 and not (drop_beyond and inv < 1.0 / max_depth):
+                    out[i, j] = min(1.0 / inv, max_depth)
+                    n += 1
+    return n
+
+
+def quantile_linear(values: np.ndarray, q: float) -> float:
+    """``np.quantile(values.astype(np.float64), q)`` (method "linear") of a 1-D array of finite numbers, bit
+    for bit, several times faster at image sizes: one in-place partition in the array's own dtype finds the
+    two order statistics numpy interpolates (float32 values are exact in float64), and the interpolation
+    repeats numpy's (its ``(n - 1) * q`` index and its two-sided lerp). ``values`` is reordered in place."""
+    n = values.size
+    if n == 0:
+        raise ValueError("quantile of an empty array")
+    virtual = (n - 1) * float(q)
+    k = int(np.floor(virtual))
+    gamma = virtual - k
+    values.partition(k)
+    a = float(values[k])
+    b = float(values[k + 1:].min()) if k + 1 < n else a
+    diff = b - a
+    # numpy's _lerp: a + diff * t, replaced by b - diff * (1 - t) where t >= 0.5
+    return b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
 def _smooth_far_sky(disp: np.ndarray, sky: np.ndarray, rgb: np.ndarray, far_level: float, max_texture: float) -> np.ndarray:

@@ -71,7 +71,7 @@ def simulate_sample(
     }
     arrays = {
         "rgb": canvas,
-        "teacher_output": teacher_output.astype(np.float16),
+        "teacher_output": np.asarray(teacher_output, dtype=np.float16),  # no copy when already float16
         "depth": depth,
         "sparse": sparse,
         "K": K.astype(np.float32),

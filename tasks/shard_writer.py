@@ -22,14 +22,14 @@ from tasks.planning import read_bytes
 
 
 def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarray:
-    """A cached teacher output (float16, network or canvas resolution) at canvas resolution: float32 values
-    that are exactly float16 numbers, so the simulation consumes exactly what the store keeps."""
+    """A cached teacher output (float16, network or canvas resolution) at canvas resolution, as float16: the
+    simulation consumes exactly what the store keeps."""
     import cv2
 
     small = np.ascontiguousarray(compact, dtype=np.float32)
     # Bilinear with half-pixel centres (as torch's align_corners=False); OpenCV's is ~5x faster than numpy's.
     up = small if small.shape == (height, width) else cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-    return up.astype(np.float16).astype(np.float32)
+    return up.astype(np.float16)
 
 
 def _shard_buffers(n: int, height: int, width: int) -> dict[str, np.ndarray]:
