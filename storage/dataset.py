@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset, Sampler
 
-from storage.pngio import uint16_to_depth
+from storage.pngio import depth_metres, uint16_to_depth
 from storage.store import DatasetStore
 from tasks.errors import InputError
 from tasks.provenance import derive_seed
@@ -102,7 +102,7 @@ class CompletionDataset(Dataset):
         return {
             "rgb": torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0),
             "sparse": torch.from_numpy(uint16_to_depth(sparse)[None]),
-            "depth": torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)[None]),
+            "depth": torch.from_numpy(np.ascontiguousarray(depth_metres(depth))[None]),
             "teacher": torch.from_numpy(np.ascontiguousarray(teacher, dtype=np.float32)[None]),
             "K": torch.from_numpy(K),
             "index": index,

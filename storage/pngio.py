@@ -19,17 +19,28 @@ MAX_DEPTH_M = 65535 / DEPTH_SCALE
 
 def depth_to_uint16(depth_m: np.ndarray) -> np.ndarray:
     """Metres (any float array) -> KITTI uint16 (metres*256, rounded; 0 = none)."""
-    d = np.asarray(depth_m, dtype=np.float64)
-    valid = np.isfinite(d) & (d > 0)
-    q = np.rint(np.where(valid, d, 0.0) * DEPTH_SCALE)
-    # A tiny positive depth must not round to 0 and turn into "no measurement".
-    q = np.where(valid, np.clip(q, 1, 65535), 0)
-    return q.astype(np.uint16)
+    d = np.asarray(depth_m)
+    # float32 stays float32 (x * 256 and rint are exact there, so the result equals the float64 one) and
+    # costs a few full-image passes instead of a float64 copy and two np.where (5-10x faster at image size).
+    d = d.astype(np.float32 if d.dtype in (np.float16, np.float32) else np.float64, copy=False)
+    valid = (d > 0) & (d <= np.finfo(d.dtype).max)  # positive and finite (NaN compares False)
+    q = d * d.dtype.type(DEPTH_SCALE)
+    np.rint(q, out=q)
+    np.clip(q, 1, 65535, out=q)  # a tiny positive depth must not round to 0 and turn into "no measurement"
+    out = np.zeros(d.shape, np.uint16)
+    np.copyto(out, q, casting="unsafe", where=valid)
+    return out
 
 
 def uint16_to_depth(depth_u16: np.ndarray) -> np.ndarray:
     """KITTI uint16 -> float32 metres (0 stays 0 = none)."""
     return (np.asarray(depth_u16, dtype=np.float32) / np.float32(DEPTH_SCALE)).astype(np.float32)
+
+
+def depth_metres(stored: np.ndarray) -> np.ndarray:
+    """A store's dense depth as float32 metres: format 3 keeps the KITTI uint16 form, format 2 kept metres."""
+    stored = np.asarray(stored)
+    return uint16_to_depth(stored) if stored.dtype == np.uint16 else stored.astype(np.float32, copy=False)
 
 
 def read_depth_png(path: str | Path) -> np.ndarray:

@@ -41,12 +41,13 @@ import numpy as np
 import pyarrow as pa
 
 from storage import manifest as mf
-from storage.pngio import uint16_to_depth
+from storage.pngio import depth_metres, depth_to_uint16, uint16_to_depth
 from storage.root import StoreRoot
 from tasks.errors import StoreError
 
 FORMAT_NAME = "monolidar-store"
-FORMAT_VERSION = 2  # 2: standard codecs only (blosc + crc32c), shard hashes in the manifest parts
+FORMAT_VERSION = 3  # 2: standard codecs only (blosc + crc32c), shard hashes in the manifest parts;
+#                    3: depth as KITTI uint16 (metres*256) like sparse; K and lidar_pose one chunk per shard
 LOCK_NAME = ".build.lock"
 CARD_NAME = "README.md"
 
@@ -54,15 +55,18 @@ CARD_NAME = "README.md"
 ARRAYS: dict[str, tuple[np.dtype, Callable[[int, int], tuple[int, ...]]]] = {
     "rgb": (np.dtype(np.uint8), lambda h, w: (h, w, 3)),
     "teacher_output": (np.dtype(np.float16), lambda h, w: (h, w)),  # raw teacher output, untouched
-    "depth": (np.dtype(np.float32), lambda h, w: (h, w)),  # metric depth used to build the mesh, metres
+    "depth": (np.dtype(np.uint16), lambda h, w: (h, w)),  # metric depth that built the mesh, metres*256, 0 = none
     "sparse": (np.dtype(np.uint16), lambda h, w: (h, w)),  # simulated LiDAR, metres*256, 0 = no return
     "K": (np.dtype(np.float32), lambda h, w: (3, 3)),  # pinhole intrinsics of the stored image
     "lidar_pose": (np.dtype(np.float32), lambda h, w: (4, 4)),  # camera_from_lidar rigid transform
 }
+# Arrays of a few numbers per sample are one chunk per shard: zarr-python spends ~0.5 ms per chunk written, far
+# more than 9 or 16 floats cost to encode (format 3; format 2 stores keep one chunk per sample, as written).
+WHOLE_SHARD_CHUNKS = ("K", "lidar_pose")
 ARRAY_DOCS = {
     "rgb": "image, uint8 RGB",
     "teacher_output": "raw teacher output (e.g. relative inverse depth), exactly as the ONNX model returned it",
-    "depth": "metric depth used to build the mesh, metres",
+    "depth": "dense metric depth that built the mesh, KITTI convention metres*256 (<= 2 mm rounding), 0 = none",
     "sparse": "simulated LiDAR depth, KITTI convention metres*256, 0 = no return",
     "K": "3x3 pinhole intrinsics (pixels) of the stored image",
     "lidar_pose": "4x4 camera_from_lidar rigid transform (metres)",
@@ -71,12 +75,13 @@ ARRAY_DOCS = {
 # Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
 # samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
 # (bench/bench_build.py --stages). Two profiles:
-# * "balanced" (default, what a build writes): blosc zstd in 256 KiB blocks, level 1 (= zstd 1) for rgb, depth
-#   and sparse, level 2 (= zstd 3) for the teacher output (the one array where the level pays: -13 % bytes), bit
-#   shuffle for uint8 RGB and float32 depth, byte shuffle for 2-byte numbers. Per 352x1216 sample on one core
-#   (on bench/bench_loader.py's KITTI samples and on simulated build shards): ~17-20 ms to encode
-#   rgb+teacher+depth+sparse vs ~70-90 ms at level 5 with blosc's automatic block size, for +1-6 % bytes
-#   (the 256 KiB blocks win back most of what the lower level loses); decoding costs the same.
+# * "balanced" (default, what a build writes): blosc zstd level 1 in 256 KiB blocks, bit shuffle for uint8 RGB,
+#   the float16 teacher output and the uint16 depth, byte shuffle for sparse (mostly zeros). Per simulated
+#   352x1216 sample on one core: ~11 ms to encode rgb+teacher+depth+sparse (zstd 2 with byte shuffle for the
+#   teacher output saved 2.5 % of its bytes for 2.3x its time; level 5 with blosc's automatic block size took
+#   ~70-90 ms for 1-6 % fewer bytes); decoding costs the same. Depth in the KITTI uint16 form (format 3)
+#   takes 434 KiB against 1061 KiB as float32 (the float32 mantissa below the teacher's float16 precision
+#   was noise to the compressor).
 # * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
 #   ~6-10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's
 #   ~30 ms per-sample budget; meant for archiving or publishing a finished dataset.
@@ -85,7 +90,7 @@ ARRAY_DOCS = {
 COMPRESSION = {
     "balanced": {
         "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
-        "teacher_output": (None, "zstd", 2, "shuffle", 256 << 10),
+        "teacher_output": (None, "zstd", 1, "bitshuffle", 256 << 10),
         "depth": (None, "zstd", 1, "bitshuffle", 256 << 10),
         "sparse": (None, "zstd", 1, "shuffle", 256 << 10),
         "K": (None, "zstd", 1, "shuffle", 0),
@@ -180,6 +185,10 @@ class DatasetStore:
         self.shard_size = int(fmt["shard_size"])
         self.chunk_size = int(fmt["chunk_size"])
         self._arrays = {name: group[name] for name in ARRAYS}
+        # dtypes as this store was written: format 2 kept depth as float32 metres
+        self._dtypes = {name: dtype for name, (dtype, _) in ARRAYS.items()}
+        if int(fmt.get("format_version", FORMAT_VERSION)) < 3:
+            self._dtypes["depth"] = np.dtype(np.float32)
         self._parts: dict[int, pa.Table] = {}  # manifest parts read so far (dropped when a shard is rewritten)
 
     # ------------------------------------------------------------------ create / open
@@ -257,7 +266,7 @@ class DatasetStore:
                     name,
                     shape=(0, *sample),
                     dtype=dtype,
-                    chunks=(chunk_size, *sample),
+                    chunks=(shard_size if name in WHOLE_SHARD_CHUNKS else chunk_size, *sample),
                     shards=(shard_size, *sample),
                     fill_value=0,
                     dimension_names=["sample", *[f"d{i}" for i in range(len(sample))]],
@@ -344,11 +353,15 @@ class DatasetStore:
             raise StoreError(f"{self.url}: shard {shard}: arrays must be exactly {', '.join(ARRAYS)} "
                              f"(missing {missing}, unknown {unknown})")
         out = {}
-        for name, (dtype, shape_fn) in ARRAYS.items():
+        for name, (_, shape_fn) in ARRAYS.items():
             a = np.asarray(arrays[name])
             want = (n_rows, *shape_fn(self.height, self.width))
             if a.shape != want:
                 raise StoreError(f"{self.url}: shard {shard}: array {name} has shape {a.shape}, expected {want}")
+            dtype = self._dtypes[name]
+            if name == "depth" and a.dtype != dtype:
+                # metres <-> the KITTI uint16 form, whichever the store holds (uint16 / 256 is exact in float32)
+                a = depth_to_uint16(a) if dtype == np.uint16 else uint16_to_depth(a) if a.dtype == np.uint16 else a
             if a.dtype != dtype:
                 # float64 -> float32/16 is fine; floats into integer arrays would silently truncate.
                 if not np.can_cast(a.dtype, dtype, casting="same_kind"):
@@ -454,7 +467,7 @@ class DatasetStore:
         return table.slice(row, 1).to_pylist()[0]
 
     def read_arrays(self, index: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
-        """Raw stored arrays of one sample (sparse stays uint16), without manifest checks. Every chunk's crc32c
+        """Raw stored arrays of one sample (sparse and, from format 3, depth stay KITTI uint16), without manifest checks. Every chunk's crc32c
         is checked on the way (a mismatch raises StoreError naming the shard object)."""
         fast = self._fast_readers()
         if fast is None:
@@ -500,10 +513,11 @@ class DatasetStore:
         return {name: self._arrays[name][start:start + self.shard_size] for name in names}
 
     def read_sample(self, index: int) -> dict:
-        """One sample of a complete shard: every array (``sparse`` as float32 metres, 0 = none) + ``row``."""
+        """One sample of a complete shard: every array (``sparse`` and ``depth`` as float32 metres, 0 = none) + ``row``."""
         row = self._row(index)
         out: dict[str, Any] = self.read_arrays(index)
         out["sparse"] = uint16_to_depth(out["sparse"])
+        out["depth"] = depth_metres(out["depth"])
         out["row"] = row
         return out
 
@@ -612,8 +626,10 @@ def render_card(store: DatasetStore) -> str:
         "| name | dtype | per-sample shape | meaning |",
         "|---|---|---|---|",
     ]
-    for name, (dtype, shape_fn) in ARRAYS.items():
-        lines.append(f"| `{name}` | {dtype} | {shape_fn(store.height, store.width)} | {ARRAY_DOCS[name]} |")
+    for name, (_, shape_fn) in ARRAYS.items():
+        doc = "metric depth that built the mesh, metres, 0 = none" if store._dtypes[name] == np.float32 and \
+            name == "depth" else ARRAY_DOCS[name]
+        lines.append(f"| `{name}` | {store._dtypes[name]} | {shape_fn(store.height, store.width)} | {doc} |")
     lines += [
         "",
         "## Format (readable without monolidar)",
@@ -627,6 +643,7 @@ def render_card(store: DatasetStore) -> str:
         f"g = zarr.open_group('{store.url}', mode='r')      # s3:// URLs work too (zarr's fsspec store)",
         "rgb = g['rgb'][i]                                    # uint8 H x W x 3",
         "sparse_m = g['sparse'][i] / 256.0                    # metres, 0 = no return",
+        "depth_m = g['depth'][i] / 256.0                      # metres, 0 = none (format 3; format 2: float32 metres)",
         f"rows = pq.read_table('{store.url}/manifest')     # one row per sample",
         "```",
         "",

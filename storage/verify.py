@@ -26,6 +26,7 @@ import numpy as np
 
 from storage import manifest as mf
 from storage.plan import PLAN_FILE, PLAN_SCHEMA, read_plan, write_plan
+from storage.pngio import depth_metres
 from storage.store import ARRAYS, DatasetStore
 from tasks.errors import StoreError
 
@@ -104,7 +105,7 @@ def _check_stats(store: DatasetStore, shard: int, part, arrays: dict[str, np.nda
         points = int(np.count_nonzero(arrays["sparse"][row]))
         if r.get("lidar_points") is not None and points != r["lidar_points"]:
             return f"row {row}: sparse has {points} LiDAR points, the manifest says {r['lidar_points']}"
-        depth = arrays["depth"][row]
+        depth = depth_metres(arrays["depth"][row])
         valid = depth[depth > 0]
         for key, value in (("depth_min", valid.min() if valid.size else 0.0),
                            ("depth_max", valid.max() if valid.size else 0.0)):

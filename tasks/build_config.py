@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal, get_args
 
+from storage.pngio import MAX_DEPTH_M
+from tasks.errors import InputError
 from tasks.provenance import stable_hash
 from tasks.sensors import list_profiles
 
@@ -44,6 +46,12 @@ class BuildConfig:
     far_m: tuple[float, float] = (40.0, 80.0)  # depth policy: sampled depth of the far percentile
     max_depth_m: float = 120.0
     mesh_ratio_threshold: float = 1.2  # cut mesh triangles across depth ratios above this
+
+    def __post_init__(self) -> None:
+        # The store keeps depth as KITTI uint16 (metres x 256): nothing beyond 65535 / 256 m fits.
+        if not 0 < self.max_depth_m <= MAX_DEPTH_M:
+            raise InputError(f"max_depth_m must be in (0, {MAX_DEPTH_M:.3f}] m (the KITTI uint16 depth "
+                             f"the store keeps), got {self.max_depth_m}")
 
     @property
     def focal(self) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from storage.kitti import KITTI_CROP
-from storage.pngio import depth_to_uint16
+from storage.pngio import DEPTH_SCALE, depth_to_uint16, uint16_to_depth
 from tasks.build_config import BuildConfig
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
 from tasks.images import intrinsics_for_canvas
@@ -43,6 +43,10 @@ def simulate_sample(
     K = intrinsics_for_canvas(h, w, fx=config.focal)
     policy = DepthPolicy(near_m=config.near_m, far_m=config.far_m, max_depth_m=config.max_depth_m)
     depth, policy_info = disparity_to_depth(teacher_output, kind=teacher_kind, seed=seed, policy=policy)
+    # The store keeps depth in the KITTI uint16 form (metres x 256, <= 2 mm rounding); the mesh is built from
+    # exactly those values, so the stored depth reproduces the scan.
+    depth_u16 = depth_to_uint16(depth)
+    depth = uint16_to_depth(depth_u16)
     scan = simulate_lidar(
         depth,
         K,
@@ -58,21 +62,20 @@ def simulate_sample(
     sparse[hit] = depth_to_uint16(scan.sparse[hit])
     crop = (min(h, KITTI_CROP[0]), min(w, KITTI_CROP[1]))
     pstats = pattern_stats(sparse, crop=crop)  # uses only "has a return" (> 0), the same in uint16
-    depth = np.asarray(depth, dtype=np.float32)
-    has_depth = bool(depth.max() > 0)
+    top = int(depth_u16.max())
     stats = {
         "lidar_points": int(np.count_nonzero(sparse)),
         "lidar_density": float(pstats["density"]),
         "first_row": int(pstats["first_row"]),
-        "depth_min": float(np.min(depth, where=depth > 0, initial=np.inf)) if has_depth else 0.0,
-        "depth_max": float(depth.max()) if has_depth else 0.0,
+        "depth_min": float(np.min(depth_u16, where=depth_u16 > 0, initial=top)) / DEPTH_SCALE,
+        "depth_max": top / DEPTH_SCALE,
         "depth_scale": float(policy_info.get("scale", np.nan)),
         "depth_shift": float(policy_info.get("shift", np.nan)),
     }
     arrays = {
         "rgb": canvas,
         "teacher_output": np.asarray(teacher_output, dtype=np.float16),  # no copy when already float16
-        "depth": depth,
+        "depth": depth_u16,
         "sparse": sparse,
         "K": K.astype(np.float32),
         "lidar_pose": scan.pose.astype(np.float32),
@@ -85,7 +88,7 @@ def empty_arrays(height: int, width: int) -> dict[str, np.ndarray]:
     return {
         "rgb": np.zeros((height, width, 3), np.uint8),
         "teacher_output": np.zeros((height, width), np.float16),
-        "depth": np.zeros((height, width), np.float32),
+        "depth": np.zeros((height, width), np.uint16),
         "sparse": np.zeros((height, width), np.uint16),
         "K": np.zeros((3, 3), np.float32),
         "lidar_pose": np.zeros((4, 4), np.float32),

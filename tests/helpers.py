@@ -130,14 +130,15 @@ H, W, S = 12, 20, 4
 def make_arrays(n: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     depth = rng.uniform(1, 80, (n, H, W)).astype(np.float32)
-    sparse = np.where(rng.random((n, H, W)) < 0.1, np.rint(depth * 256), 0).astype(np.uint16)
+    depth_u16 = np.rint(depth * 256).astype(np.uint16)  # the store's form (KITTI metres x 256)
+    sparse = np.where(rng.random((n, H, W)) < 0.1, depth_u16, 0).astype(np.uint16)
     K = np.tile(np.array([[50, 0, W / 2], [0, 50, H / 2], [0, 0, 1]], np.float32), (n, 1, 1))
     pose = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
     pose[:, :3, 3] = rng.normal(size=(n, 3))
     return {
         "rgb": rng.integers(0, 256, (n, H, W, 3), dtype=np.uint8),
         "teacher_output": (1.0 / depth).astype(np.float16),
-        "depth": depth,
+        "depth": depth_u16,
         "sparse": sparse,
         "K": K,
         "lidar_pose": pose,

@@ -210,7 +210,7 @@ def test_manifest_rows_are_validated(tmp_path):
     with pytest.raises(StoreError, match="array depth has shape"):
         store.write_shard(0, {**arrays, "depth": arrays["depth"][:, :5]}, make_rows(0, 1))
     with pytest.raises(StoreError, match="array sparse has dtype float32"):
-        store.write_shard(0, {**arrays, "sparse": arrays["depth"]}, make_rows(0, 1))
+        store.write_shard(0, {**arrays, "sparse": arrays["depth"] / np.float32(256)}, make_rows(0, 1))
     with pytest.raises(StoreError, match="not allocated"):
         store.write_shard(1, arrays, make_rows(1, 1))
     assert store.complete_shards() == []
@@ -307,14 +307,14 @@ def test_completion_dataset_items_and_crop(tmp_path):
     assert item["rgb"].shape == (3, H, W) and item["rgb"].dtype == torch.float32
     torch.testing.assert_close(item["rgb"], torch.from_numpy(expected["rgb"][index].transpose(2, 0, 1) / 255.0).float())
     torch.testing.assert_close(item["sparse"][0], torch.from_numpy(expected["sparse"][index] / 256.0).float())
-    torch.testing.assert_close(item["depth"][0], torch.from_numpy(expected["depth"][index]))
+    torch.testing.assert_close(item["depth"][0], torch.from_numpy(expected["depth"][index] / np.float32(256)))
     torch.testing.assert_close(item["teacher"][0], torch.from_numpy(expected["teacher_output"][index].astype(np.float32)))
 
     cropped = CompletionDataset(tmp_path / "ds", crop=(8, 10))
     c = cropped[5]
     assert c["rgb"].shape == (3, 8, 10) and c["sparse"].shape == (1, 8, 10)
     assert c["K"][0, 2].item() == pytest.approx(W / 2 - 5) and c["K"][1, 2].item() == pytest.approx(H / 2 - 2)
-    torch.testing.assert_close(c["depth"][0], torch.from_numpy(expected["depth"][index][2:10, 5:15]))
+    torch.testing.assert_close(c["depth"][0], torch.from_numpy(expected["depth"][index][2:10, 5:15] / np.float32(256)))
 
     rand = CompletionDataset(tmp_path / "ds", crop=(8, 10), random_crop_seed=3)
     first = [rand[i]["K"][:2, 2].tolist() for i in range(len(rand))]
@@ -351,7 +351,7 @@ def test_dataloader_with_two_workers_and_shard_sampler(tmp_path):
         assert batch["rgb"].shape[1:] == (3, H, W)
         for j, index in enumerate(batch["index"].tolist()):
             seen.append(index)
-            torch.testing.assert_close(batch["depth"][j, 0], torch.from_numpy(expected["depth"][index]))
+            torch.testing.assert_close(batch["depth"][j, 0], torch.from_numpy(expected["depth"][index] / np.float32(256)))
     assert sorted(seen) == sorted(ds.indices.tolist())
 
 
@@ -410,3 +410,36 @@ def test_a_child_forked_after_a_tensorstore_read_still_reads(tmp_path):
             os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_format_3_keeps_depth_as_kitti_uint16_and_reads_format_2_stores(tmp_path):
+    import zarr
+
+    from storage.dataset import CompletionDataset
+
+    arrays = make_arrays(S, 4)
+    metres = arrays["depth"] / np.float32(256)
+    new = new_store(tmp_path / "v3")
+    new.ensure_shards(1)
+    new.write_shard(0, {**arrays, "depth": metres}, make_rows(0, S))  # metres in: stored as uint16
+    raw = zarr.open_group(str(tmp_path / "v3"), mode="r")
+    assert raw["depth"].dtype == np.uint16 and raw["K"].chunks[0] == S  # K: one chunk per shard
+    np.testing.assert_array_equal(raw["depth"][:S], arrays["depth"])
+    np.testing.assert_array_equal(new.read_sample(1)["depth"], metres[1])
+
+    # A format-2 store (float32 metres, one K chunk per sample) built before: read and written in its own form.
+    old = new_store(tmp_path / "v2")
+    g = zarr.open_group(str(tmp_path / "v2"), mode="r+")
+    fmt = dict(g.attrs["monolidar"], format_version=2)
+    g.attrs["monolidar"] = fmt
+    del g["depth"]
+    g.create_array("depth", shape=(0, H, W), dtype="float32", chunks=(1, H, W), shards=(S, H, W), fill_value=0)
+    old = DatasetStore.open(tmp_path / "v2", mode="r+")
+    old.ensure_shards(1)
+    old.write_shard(0, arrays, make_rows(0, S))  # uint16 in: stored as float32 metres
+    assert zarr.open_group(str(tmp_path / "v2"), mode="r")["depth"].dtype == np.float32
+    np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "v2"), mode="r")["depth"][:S], metres)
+    for store in ("v2", "v3"):
+        item = CompletionDataset(tmp_path / store)[2]
+        np.testing.assert_array_equal(item["depth"][0].numpy(), metres[item["index"]])
+        np.testing.assert_array_equal(DatasetStore.open(tmp_path / store).read_sample(3)["depth"], metres[3])

@@ -32,7 +32,7 @@ def _write(store: DatasetStore, shard: int) -> None:
         arrays[name][2] = 0  # a quarantined row holds the fill value
     for r, row in enumerate(rows):
         if row["status"] == "ok":
-            depth = arrays["depth"][r]
+            depth = arrays["depth"][r] / np.float32(256)
             row.update(lidar_points=int(np.count_nonzero(arrays["sparse"][r])), depth_min=float(depth[depth > 0].min()),
                        depth_max=float(depth.max()))
         else:
