@@ -71,6 +71,7 @@ ARRAY_DOCS = {
     "K": "3x3 pinhole intrinsics (pixels) of the stored image",
     "lidar_pose": "4x4 camera_from_lidar rigid transform (metres)",
 }
+FORMAT_2_DOCS = {"depth": "dense metric depth that built the mesh, float32 metres, 0 = none"}  # stores before format 3
 
 # Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
 # samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
@@ -359,9 +360,11 @@ class DatasetStore:
             if a.shape != want:
                 raise StoreError(f"{self.url}: shard {shard}: array {name} has shape {a.shape}, expected {want}")
             dtype = self._dtypes[name]
-            if name == "depth" and a.dtype != dtype:
-                # metres <-> the KITTI uint16 form, whichever the store holds (uint16 / 256 is exact in float32)
-                a = depth_to_uint16(a) if dtype == np.uint16 else uint16_to_depth(a) if a.dtype == np.uint16 else a
+            # depth: metres <-> the KITTI uint16 form, whichever this store holds (uint16 / 256 is exact in float32)
+            if name == "depth" and dtype == np.uint16 and a.dtype != dtype:
+                a = depth_to_uint16(a)
+            elif name == "depth" and a.dtype == np.uint16 and dtype != np.uint16:
+                a = uint16_to_depth(a)
             if a.dtype != dtype:
                 # float64 -> float32/16 is fine; floats into integer arrays would silently truncate.
                 if not np.can_cast(a.dtype, dtype, casting="same_kind"):
@@ -467,8 +470,8 @@ class DatasetStore:
         return table.slice(row, 1).to_pylist()[0]
 
     def read_arrays(self, index: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
-        """Raw stored arrays of one sample (sparse and, from format 3, depth stay KITTI uint16), without manifest checks. Every chunk's crc32c
-        is checked on the way (a mismatch raises StoreError naming the shard object)."""
+        """Raw stored arrays of one sample (sparse and, from format 3, depth stay KITTI uint16), without manifest
+        checks. Every chunk's crc32c is checked on the way (a mismatch raises StoreError naming the shard object)."""
         fast = self._fast_readers()
         if fast is None:
             return {name: self._arrays[name][int(index)] for name in names}
@@ -513,7 +516,8 @@ class DatasetStore:
         return {name: self._arrays[name][start:start + self.shard_size] for name in names}
 
     def read_sample(self, index: int) -> dict:
-        """One sample of a complete shard: every array (``sparse`` and ``depth`` as float32 metres, 0 = none) + ``row``."""
+        """One sample of a complete shard: every array (``sparse`` and ``depth`` as float32 metres, 0 = none)
+        + ``row``."""
         row = self._row(index)
         out: dict[str, Any] = self.read_arrays(index)
         out["sparse"] = uint16_to_depth(out["sparse"])
@@ -626,10 +630,9 @@ def render_card(store: DatasetStore) -> str:
         "| name | dtype | per-sample shape | meaning |",
         "|---|---|---|---|",
     ]
+    docs = {**ARRAY_DOCS, **(FORMAT_2_DOCS if store._dtypes["depth"] == np.float32 else {})}
     for name, (_, shape_fn) in ARRAYS.items():
-        doc = "metric depth that built the mesh, metres, 0 = none" if store._dtypes[name] == np.float32 and \
-            name == "depth" else ARRAY_DOCS[name]
-        lines.append(f"| `{name}` | {store._dtypes[name]} | {shape_fn(store.height, store.width)} | {doc} |")
+        lines.append(f"| `{name}` | {store._dtypes[name]} | {shape_fn(store.height, store.width)} | {docs[name]} |")
     lines += [
         "",
         "## Format (readable without monolidar)",

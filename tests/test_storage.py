@@ -428,7 +428,7 @@ def test_format_3_keeps_depth_as_kitti_uint16_and_reads_format_2_stores(tmp_path
     np.testing.assert_array_equal(new.read_sample(1)["depth"], metres[1])
 
     # A format-2 store (float32 metres, one K chunk per sample) built before: read and written in its own form.
-    old = new_store(tmp_path / "v2")
+    new_store(tmp_path / "v2")
     g = zarr.open_group(str(tmp_path / "v2"), mode="r+")
     fmt = dict(g.attrs["monolidar"], format_version=2)
     g.attrs["monolidar"] = fmt
