@@ -24,6 +24,7 @@ import shutil
 import uuid
 from pathlib import Path
 
+import numba
 import numpy as np
 
 from tasks.errors import StoreError
@@ -43,6 +44,37 @@ def _zstd():
     from numcodecs import Zstd
 
     return Zstd(level=_ZSTD_LEVEL)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_diff_planes(bits: np.ndarray) -> np.ndarray:
+    # F16D body in one pass: per row, the differences of consecutive 16-bit patterns (mod 2^16, the first
+    # against 0) split into (low, high) byte planes. Same bytes as np.diff + a byte-plane transpose, without
+    # their full-size temporaries (a 352x1216 entry, zstd included: put 6.3 -> 5.0 ms, get 4.8 -> 2.8 ms).
+    h, w = bits.shape
+    out = np.empty((2, h, w), np.uint8)
+    for i in range(h):
+        prev = 0
+        for j in range(w):
+            cur = np.int64(bits[i, j])
+            d = (cur - prev) & 0xFFFF
+            out[0, i, j] = d & 0xFF
+            out[1, i, j] = d >> 8
+            prev = cur
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _planes_row_cumsum(planes: np.ndarray) -> np.ndarray:
+    # Inverse of _row_diff_planes: join the byte planes and take the running sum of each row mod 2^16.
+    _, h, w = planes.shape
+    out = np.empty((h, w), np.uint16)
+    for i in range(h):
+        acc = 0
+        for j in range(w):
+            acc = (acc + (np.int64(planes[0, i, j]) | (np.int64(planes[1, i, j]) << 8))) & 0xFFFF
+            out[i, j] = acc
+    return out
 
 
 class ArrayCache:
@@ -67,9 +99,7 @@ class ArrayCache:
         a = np.ascontiguousarray(array)
         buf = io.BytesIO()
         if a.dtype == np.float16 and a.ndim == 2:
-            d = np.diff(a.view(np.uint16), axis=1, prepend=np.uint16(0)).astype("<u2", copy=False)  # wraps: lossless
-            # (low, high) byte planes = the little-endian bytes of d, transposed: one copy, no per-plane temporaries
-            planes = np.ascontiguousarray(d.view(np.uint8).reshape(*d.shape, 2).transpose(2, 0, 1))
+            planes = _row_diff_planes(a.view(np.uint16))
             buf.write(_MAGIC_F16D)
             np.save(buf, planes, allow_pickle=False)
         else:
@@ -85,8 +115,9 @@ class ArrayCache:
             return np.load(body, allow_pickle=False)
         if magic == _MAGIC_F16D:
             planes = np.load(body, allow_pickle=False)
-            d = planes[0].astype(np.uint16) | (planes[1].astype(np.uint16) << 8)
-            return np.cumsum(d, axis=1, dtype=np.uint16).view(np.float16)
+            if planes.dtype != np.uint8 or planes.ndim != 3 or planes.shape[0] != 2:
+                raise ValueError(f"F16D body must be uint8 (2, H, W), got {planes.dtype} {planes.shape}")
+            return _planes_row_cumsum(planes).view(np.float16)
         raise ValueError(f"unknown entry format {magic!r}")
 
     def get(self, namespace: str, key: str) -> np.ndarray:

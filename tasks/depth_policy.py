@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from tasks.errors import GeometryError
+from tasks.float16 import float16_to_float32
 
 DEPTH_KINDS = ("disparity", "metric")
 
@@ -134,7 +135,10 @@ def disparity_to_depth(
     # float16/float32 maps stay float32 (every value is exact there, and partitions and masks of the smaller
     # array are faster); each comparison and the affine map below still run in float64 (np.float64 scalars
     # promote), so the result is the same as computing on a float64 copy.
-    disp = disp.astype(np.float32 if disp.dtype in (np.float16, np.float32) else np.float64, copy=False)
+    if disp.dtype == np.float16:
+        disp = float16_to_float32(disp)
+    else:
+        disp = disp.astype(np.float32 if disp.dtype == np.float32 else np.float64, copy=False)
 
     # The seeded draw happens first and unconditionally, so the same seed always means the same range.
     rng = np.random.default_rng(seed)

@@ -17,6 +17,7 @@ from storage.cache import ArrayCache
 from storage.store import ARRAYS, DatasetStore, sample_shape
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
+from tasks.float16 import to_float16
 from tasks.images import load_fitted
 from tasks.planning import read_bytes
 
@@ -26,10 +27,11 @@ def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarra
     simulation consumes exactly what the store keeps."""
     import cv2
 
+    if compact.shape == (height, width):  # already at the canvas (a network larger than it): no float32 round trip
+        return np.asarray(compact, dtype=np.float16)
     small = np.ascontiguousarray(compact, dtype=np.float32)
     # Bilinear with half-pixel centres (as torch's align_corners=False); OpenCV's is ~5x faster than numpy's.
-    up = small if small.shape == (height, width) else cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
-    return up.astype(np.float16)
+    return to_float16(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
 def _shard_buffers(n: int, height: int, width: int) -> dict[str, np.ndarray]:

