@@ -27,7 +27,7 @@ from storage.root import StoreRoot, is_remote
 from storage.store import DatasetStore
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, Backend, BuildConfig, SensorName
 from storage.manifest_summary import mean_ok_density, shard_state, status_counts
-from tasks.build_tasks import register_teacher, shard_key, teacher_shard, write_shard
+from tasks.build_tasks import register_teacher, shard_key, teacher_shard, teacher_tags, write_shard
 from tasks.sim_pool import default_workers
 from tasks.errors import InputError, StoreError
 from tasks.planning import discover_inputs, plan_shards
@@ -67,31 +67,60 @@ def resolve_sim_workers(sim_workers: int | None) -> int:
 
 def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict]], cfg: BuildConfig,
                 teacher: dict, *, sim_workers: int, progress: bool) -> list[dict]:
-    """Submit one teacher -> write chain per shard; collect small per-shard summaries. Chains are submitted
-    in shard order, so the teacher works on shard k+1 while the simulation pool writes shard k."""
+    """Run one teacher -> write chain per shard; collect small per-shard summaries.
+
+    With the simulation pool (thread runner), shards go through a bounded pipeline in shard order: at most
+    TEACHER_AHEAD teacher tasks in flight (the one on the device and the next one decoding), and a shard's
+    write task is submitted when its teacher task has finished, at most ``sim_workers`` at a time. Why: a task
+    waiting for an upstream future holds a runner thread, so submitting every chain at once filled the few
+    threads with waiting writes while the next teacher task queued behind them (measured: the teacher idled
+    for seconds between shards). Other runners (process, Dask) get every chain at once, as before.
+    """
     logger = get_run_logger()
     code = code_version()
     cfg_d = cfg.to_dict()
-    futures = {}
-    for shard, samples in shards.items():
-        key = shard_key(samples, cfg, teacher, code)
-        tout = teacher_shard.with_options(task_run_name=f"teacher-shard-{shard:05d}").submit(
-            cache_dir, samples, cfg_d, teacher)
-        fut = write_shard.with_options(task_run_name=f"write-shard-{shard:05d}").submit(
-            str(store.path), cache_dir, shard, samples, tout, cfg_d, teacher, key, sim_workers
-        )
-        futures[fut] = (shard, tout)
+    order = list(shards)
+    keys = {shard: shard_key(shards[shard], cfg, teacher, code) for shard in order}
+    tags = teacher_tags()  # checked once per build, not per task run
+    teacher_window = TEACHER_AHEAD if sim_workers > 0 else len(order)
+    write_window = sim_workers if sim_workers > 0 else len(order)
+    teachers: dict = {}  # teacher future -> shard
+    writes: dict = {}    # write future -> (shard, teacher future)
+    waiting: list = []   # (shard, teacher future) whose teacher finished, write not yet submitted
+
+    def submit_more() -> None:
+        while order and len(teachers) < teacher_window:
+            shard = order.pop(0)
+            fut = teacher_shard.with_options(task_run_name=f"teacher-shard-{shard:05d}", tags=tags).submit(
+                cache_dir, shards[shard], cfg_d, teacher, shard)
+            teachers[fut] = shard
+        waiting.sort(key=lambda w: w[0])
+        while waiting and len(writes) < write_window:
+            shard, tout = waiting.pop(0)
+            fut = write_shard.with_options(task_run_name=f"write-shard-{shard:05d}").submit(
+                str(store.path), cache_dir, shard, shards[shard], tout, cfg_d, teacher, keys[shard], sim_workers)
+            writes[fut] = (shard, tout)
+
+    def completed():
+        # One finished task at a time, teacher or write; new tasks are submitted in between.
+        while teachers or writes or waiting or order:
+            submit_more()
+            fut = next(as_completed([*teachers, *writes]))
+            fut.wait()  # as_completed can yield before the client-side state is final
+            if fut in teachers:
+                waiting.append((teachers.pop(fut), fut))
+                continue
+            yield fut, writes.pop(fut)
     bar = None
-    if progress and futures:
+    if progress and shards:
         from tqdm import tqdm
 
         bar = tqdm(total=sum(len(v) for v in shards.values()), unit="sample", desc="build", file=sys.stderr)
+    n_shards = len(shards)
     artifact = create_progress_artifact(0.0, key="build-progress",  # key = the card's title in the UI
-                                        description=f"{len(futures)} shards to write into {store.path}") if futures else None
+                                        description=f"{n_shards} shards to write into {store.path}") if n_shards else None
     results = []
-    for done, fut in enumerate(as_completed(list(futures)), start=1):
-        shard, tout = futures[fut]
-        fut.wait()  # as_completed can yield before the client-side state is final
+    for done, (fut, (shard, tout)) in enumerate(completed(), start=1):
         state = fut.state
         if state.is_completed():
             res = fut.result()
@@ -105,8 +134,8 @@ def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict
         results.append(res)
         if bar is not None:
             bar.update(len(shards[shard]))
-        if artifact is not None and (done == len(futures) or done % max(1, len(futures) // 100) == 0):
-            update_progress_artifact(artifact, 100.0 * done / len(futures))
+        if artifact is not None and (done == n_shards or done % max(1, n_shards // 100) == 0):
+            update_progress_artifact(artifact, 100.0 * done / n_shards)
     if bar is not None:
         bar.close()
     return sorted(results, key=lambda r: r["shard"])
@@ -162,6 +191,10 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
         md = write_previews(store, store.path / "previews", limit=previews, markdown=True)
         create_markdown_artifact(md, key="build-previews", description="RGB | teacher depth | sparse LiDAR")
     return summary
+
+
+# Teacher tasks in flight with the thread runner: the one on the device and the next one decoding its images.
+TEACHER_AHEAD = 2
 
 
 def default_thread_workers() -> int:

@@ -14,9 +14,12 @@ task is an idempotent, seeded unit (Kubric style): a rerun after a crash recompu
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import heapq
 import os
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -25,6 +28,7 @@ from prefect.tasks import exponential_backoff
 from storage.cache import ArrayCache
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
+from tasks.float16 import to_float16
 from tasks.images import load_fitted
 from tasks.planning import read_bytes
 from tasks.provenance import stable_hash
@@ -71,7 +75,7 @@ def compact_teacher_output(pred: np.ndarray, height: int, width: int) -> np.ndar
 
     if pred.shape[0] * pred.shape[1] > height * width:
         pred = resize_bilinear(pred[None].astype(np.float32), height, width)[0]
-    return np.ascontiguousarray(pred, dtype=np.float16)
+    return to_float16(pred)
 
 
 def shard_key(samples: list[dict], config: BuildConfig, teacher: dict, code_version: str) -> str:
@@ -129,10 +133,74 @@ def get_teacher(teacher: dict):
         return _TEACHERS[slot]
 
 
-# One batch on the teacher's device at a time in this process: several shard chains may reach their teacher
-# step together, and interleaving their batches on one session only adds contention.
-_TEACHER_RUN_LOCK = threading.Lock()
+class ShardOrderedLock:
+    """The teacher device, granted in shard order: a shard's task ``enter``s when it starts (before decoding),
+    and ``hold`` is granted only to the lowest shard that has entered and not yet left.
+
+    Why: a build keeps the next shard's teacher task running beside the current one (it decodes its images
+    meanwhile). With a plain lock their batches interleaved in arbitrary order, and a shard whose decode
+    finished first took the device, so shard k's outputs were complete only after shard k+1's and its write
+    started late (measured: the simulation pool idle for seconds, then working alone at the end). In order,
+    shard k's outputs are complete as early as possible and its write overlaps the teacher's work on k+1.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._entered: list[tuple[int, int]] = []  # heap of (shard, ticket)
+        self._tickets = 0
+
+    @contextlib.contextmanager
+    def enter(self, shard: int) -> Iterator[tuple[int, int]]:
+        with self._cond:
+            self._tickets += 1
+            me = (int(shard), self._tickets)
+            heapq.heappush(self._entered, me)
+        try:
+            yield me
+        finally:
+            with self._cond:
+                self._entered.remove(me)
+                heapq.heapify(self._entered)
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def hold(self, me: tuple[int, int]) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._busy and self._entered[0] == me)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+# One batch on the teacher's device at a time in this process: several shard chains reach their teacher step
+# together, and interleaving their batches on one session only adds contention.
+_TEACHER_RUN_LOCK = ShardOrderedLock()
 TEACHER_TAG = "monolidar-teacher"
+
+
+def teacher_tags() -> list[str]:
+    """Tags for this build's teacher tasks: ``[TEACHER_TAG]`` when the Prefect server holds a concurrency limit
+    for it (``prefect gcl create tag:monolidar-teacher --limit N``, or a v1 tag limit), else none.
+
+    Why not always: a tagged task run asks the server for a slot before it starts, one locked database
+    transaction per task run; on the ephemeral SQLite server that took ~2 s per teacher task during a build
+    (measured: the first teacher task started 2.7 s into the shard phase, 0.6 s without the tag). Without a
+    limit the answer is always "go", so the tag is applied only when a limit can act on it.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(f"tag:{TEACHER_TAG}")
+        except ObjectNotFound:
+            return []
+    return [TEACHER_TAG]
 
 
 # ---------------------------------------------------------------- tasks
@@ -146,13 +214,14 @@ def _decoded_for_teacher(todo: list[tuple[str, str, bytes]], cfg: BuildConfig, s
             out[uri] = {"status": "quarantined", "reason": str(exc), "content_hash": out[uri]["content_hash"]}
 
 
-@task(name="teacher-shard", tags=[TEACHER_TAG], **RETRY)
-def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: dict) -> dict:
+@task(name="teacher-shard", **RETRY)
+def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: dict, shard: int = 0) -> dict:
     """Hash each distinct input of the shard and make sure its teacher output is in the cache.
 
     Returns {"inputs": {uri: info}, "computed": n, "cached": m} where info is {"status": "ok",
     "content_hash", "teacher_key"} or {"status": "quarantined", "reason"}. Batches have a fixed size (the
-    last one padded) so an image's output bits never depend on which other images shared its batch.
+    last one padded) so an image's output bits never depend on which other images shared its batch; lower
+    ``shard`` numbers get the teacher first (ShardOrderedLock).
     """
     cfg = BuildConfig.from_dict(config)
     cache = ArrayCache(cache_dir)
@@ -177,27 +246,38 @@ def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: di
         model = get_teacher(teacher)
         size = model.input_size(cfg.height, cfg.width)
         bs = int(teacher["batch_size"])
-        batch: list[tuple[str, str, np.ndarray]] = []
-        for item in _decoded_for_teacher(todo, cfg, size, out):
-            batch.append(item)
-            if len(batch) == bs:
-                computed += _run_teacher_batch(model, batch, bs, cache, cfg, teacher)
-                batch = []
-        if batch:
-            computed += _run_teacher_batch(model, batch, bs, cache, cfg, teacher)
+        batches, preds = _predict_in_shard_order(model, shard, _decoded_for_teacher(todo, cfg, size, out), bs)
+        for batch, pred in zip(batches, preds):
+            computed += _cache_outputs(batch, pred, cache, cfg, teacher)
         get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
     n_ok = sum(i["status"] == "ok" for i in out.values())
     return {"inputs": out, "computed": computed, "cached": n_ok - computed}
 
 
-def _run_teacher_batch(model, batch: list[tuple[str, str, np.ndarray]], bs: int, cache: ArrayCache,
-                       cfg: BuildConfig, teacher: dict) -> int:
+def _predict_in_shard_order(model, shard: int, decoding: Iterator[tuple[str, str, np.ndarray]],
+                            bs: int) -> tuple[list[list], list[np.ndarray]]:
+    """Decode the whole shard (``decoding``, consumed here) after taking a place in the shard-ordered device
+    lock, then run every batch in one turn of it: a lower shard that is still decoding goes first, so shard
+    k's outputs are complete before shard k+1 gets the device. (A module-level helper, not inline in the task:
+    Dask pickles the task function by value, and a lock among its globals does not pickle.)"""
+    with _TEACHER_RUN_LOCK.enter(shard) as turn:
+        decoded = list(decoding)
+        batches = [decoded[i:i + bs] for i in range(0, len(decoded), bs)]
+        with _TEACHER_RUN_LOCK.hold(turn):
+            preds = [_predict_batch(model, batch, bs) for batch in batches]
+    return batches, preds
+
+
+def _predict_batch(model, batch: list[tuple[str, str, np.ndarray]], bs: int) -> np.ndarray:
     images = np.stack([im for _, _, im in batch])
     if len(batch) < bs:  # pad with copies of the last image: a fixed batch shape, fixed bits
         images = np.concatenate([images, np.repeat(images[-1:], bs - len(batch), axis=0)])
-    with _TEACHER_RUN_LOCK:
-        pred = model.predict(images, batch_size=bs)
-    for (uri, key, _), p in zip(batch, pred[: len(batch)]):
+    return model.predict(images, batch_size=bs)[: len(batch)]
+
+
+def _cache_outputs(batch: list[tuple[str, str, np.ndarray]], pred: np.ndarray, cache: ArrayCache, cfg: BuildConfig,
+                   teacher: dict) -> int:
+    for (uri, key, _), p in zip(batch, pred):
         if not np.all(np.isfinite(p)):
             raise MonolidarError(f"teacher {teacher['path']}: non-finite output for {uri}")
         cache.put("teacher", key, compact_teacher_output(p, cfg.height, cfg.width))
