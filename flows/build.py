@@ -65,6 +65,10 @@ def resolve_sim_workers(sim_workers: int | None) -> int:
     return default_workers() if isinstance(runner, ThreadPoolTaskRunner) else 0
 
 
+# Teacher tasks in flight with the thread runner: the one on the device and the next one decoding its images.
+TEACHER_AHEAD = 2
+
+
 def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict]], cfg: BuildConfig,
                 teacher: dict, *, sim_workers: int, progress: bool) -> list[dict]:
     """Run one teacher -> write chain per shard; collect small per-shard summaries.
@@ -191,10 +195,6 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
         md = write_previews(store, store.path / "previews", limit=previews, markdown=True)
         create_markdown_artifact(md, key="build-previews", description="RGB | teacher depth | sparse LiDAR")
     return summary
-
-
-# Teacher tasks in flight with the thread runner: the one on the device and the next one decoding its images.
-TEACHER_AHEAD = 2
 
 
 def default_thread_workers() -> int:

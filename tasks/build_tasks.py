@@ -2,8 +2,9 @@
 
 teacher_shard -> read + hash each distinct input of the shard; for those whose teacher output is not cached,
                  decode straight to the teacher's network size and run the teacher in fixed-size batches
-                 (one session per process, one batch at a time per device); outputs go to the teacher cache
-                 as float16 at the network's own resolution
+                 (one session per process; the device serves one shard's batches at a time, lowest started
+                 shard first); outputs go to the teacher cache as float16 at the network's own resolution
+                 (or the canvas's, if the network ran larger)
 write_shard   -> decode each input to the canvas, read its teacher output from the cache, depth policy +
                  mesh + LiDAR, one whole-shard store write (tasks.shard_writer), in the simulation process
                  pool beside the teacher (tasks.sim_pool) or in the task's own process
@@ -177,8 +178,8 @@ class ShardOrderedLock:
                 self._cond.notify_all()
 
 
-# One batch on the teacher's device at a time in this process: several shard chains reach their teacher step
-# together, and interleaving their batches on one session only adds contention.
+# The teacher's device in this process: one shard's batches at a time, in shard order (several shard chains
+# reach their teacher step together, and interleaving their batches on one session only adds contention).
 _TEACHER_RUN_LOCK = ShardOrderedLock()
 TEACHER_TAG = "monolidar-teacher"
 
