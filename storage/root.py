@@ -119,8 +119,12 @@ class StoreRoot:
         except OSError as exc:  # s3fs maps NoSuchKey to FileNotFoundError; anything else is a real error
             raise OSError(f"{self.full(rel)}: {exc}") from exc
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        """Publish a whole file: readers see the old file, no file, or the complete new one."""
+    def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        """Publish a whole file: readers see the old file, no file, or the complete new one.
+
+        ``durable=False`` skips the local fsync (a process kill still leaves the old or the new file; a power
+        loss may not): for files whose loss a later commit record detects, such as shard objects, whose sha256
+        the manifest part holds (``verify`` finds them, ``repair`` rewrites them)."""
         if self.path is not None:
             path = self.path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,8 +132,9 @@ class StoreRoot:
             try:
                 with open(tmp, "wb") as f:
                     f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())  # durable before it becomes visible under the real name
+                    if durable:
+                        f.flush()
+                        os.fsync(f.fileno())  # durable before it becomes visible under the real name
                 os.replace(tmp, path)
             finally:
                 if tmp.exists():
