@@ -132,6 +132,8 @@ def disparity_to_depth(
         raise GeometryError(f"unknown teacher output kind {kind!r}; expected one of {DEPTH_KINDS}")
     if kind == "metric":
         return _metric(disp.astype(np.float64), policy)
+    if disp.dtype == np.float16 and rgb is None:
+        return _disparity_to_depth_f16(disp, seed=seed, policy=policy, affine=affine)
     # float16/float32 maps stay float32 (every value is exact there, and partitions and masks of the smaller
     # array are faster); each comparison and the affine map below still run in float64 (np.float64 scalars
     # promote), so the result is the same as computing on a float64 copy.
@@ -173,6 +175,116 @@ def disparity_to_depth(
                                       policy.beyond_max == "none", depth)
     info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - n_surface / depth.size))
     return depth, info
+
+
+def _disparity_to_depth_f16(disp: np.ndarray, *, seed: int, policy: DepthPolicy,
+                            affine: tuple[float, float] | None) -> tuple[np.ndarray, dict]:
+    """The disparity rule for a float16 map (the build's case: the stored teacher output) without sorting.
+
+    A float16 map has at most 65536 distinct values, so one counting pass over the bit patterns gives every
+    order statistic exactly: the anchors are the same two order statistics and the same interpolation as
+    :func:`quantile_linear` on ``disp[finite]`` and ``disp[surface]`` (the surface is a suffix of the sorted
+    values), and the affine pass reads the values through numpy's float16 -> float32 table, so the depth and
+    the info are bit for bit those of the float32 path (tests/test_sim_fast_paths.py).
+    """
+    bits = np.ascontiguousarray(disp).view(np.uint16)
+    rng = np.random.default_rng(seed)  # drawn first and unconditionally, as in disparity_to_depth
+    near_m = float(rng.uniform(*policy.near_m))
+    far_m = float(rng.uniform(*policy.far_m))
+    depth = np.zeros(disp.shape, dtype=np.float32)
+    info = {"scale": 0.0, "shift": 0.0, "near_m": near_m, "far_m": far_m, "sky_fraction": 1.0}
+    counts = _f16_order_counts(bits.reshape(-1))
+    values = _F32_BY_ORDER_KEY
+    n_finite = int(counts.sum())
+    if n_finite == 0:
+        return depth, info
+    d_near = _quantile_from_counts(counts, 0, n_finite, policy.near_quantile, values)
+    if d_near <= 0.0:
+        return depth, info
+    threshold = np.float64(policy.sky_ratio * d_near)
+    # First order key whose value is above the sky threshold: the surface is every finite value from there on.
+    first = int(np.searchsorted(values.astype(np.float64), threshold, side="right"))
+    n_surface_values = int(counts[first:].sum())
+    if n_surface_values == 0:
+        return depth, info
+    d_far = _quantile_from_counts(counts, first, n_surface_values, policy.far_quantile, values)
+    if affine is not None:
+        scale, shift = float(affine[0]), float(affine[1])
+    elif d_near - d_far <= 1e-6 * d_near:
+        scale, shift = 0.0, 1.0 / far_m
+    else:
+        scale = (1.0 / near_m - 1.0 / far_m) / (d_near - d_far)
+        shift = 1.0 / far_m - scale * d_far
+    n_surface = _affine_inverse_depth_f16(bits, _F32_OF_F16_BITS, float(threshold), float(scale), float(shift),
+                                          float(policy.max_depth_m), policy.beyond_max == "none", depth)
+    info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - n_surface / depth.size))
+    return depth, info
+
+
+def _order_key_values() -> tuple[np.ndarray, np.ndarray]:
+    # Order key of a float16 bit pattern: sorting keys sorts values (negatives reversed below the positives).
+    # values[key] = the float32 value of the pattern with that key; NaN/inf patterns are never counted.
+    bits = np.arange(1 << 16, dtype=np.uint32)
+    keys = np.where(bits & 0x8000, 0xFFFF - bits, bits | 0x8000)
+    f32 = bits.astype(np.uint16).view(np.float16).astype(np.float32)
+    by_key = np.empty(1 << 16, np.float32)
+    by_key[keys] = f32
+    finite = np.isfinite(by_key)
+    by_key[~finite & (np.arange(1 << 16) < 0x8000)] = -np.inf  # keep the table sorted for searchsorted
+    by_key[~finite & (np.arange(1 << 16) >= 0x8000)] = np.inf
+    return f32, by_key
+
+
+_F32_OF_F16_BITS, _F32_BY_ORDER_KEY = _order_key_values()
+
+
+@numba.njit(cache=True, nogil=True)
+def _f16_order_counts(bits: np.ndarray) -> np.ndarray:
+    counts = np.zeros(1 << 16, np.int64)
+    for i in range(bits.size):
+        b = np.int64(bits[i])
+        if (b & 0x7C00) != 0x7C00:  # finite (exponent not all ones)
+            counts[(0xFFFF - b) if b & 0x8000 else (b | 0x8000)] += 1
+    return counts
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_key(counts: np.ndarray, start: int, k: int) -> int:
+    # Order key of the k-th smallest (0-based) of the values counted from key ``start`` on.
+    seen = 0
+    for key in range(start, counts.size):
+        seen += counts[key]
+        if seen > k:
+            return key
+    return counts.size - 1
+
+
+def _quantile_from_counts(counts: np.ndarray, start: int, n: int, q: float, values: np.ndarray) -> float:
+    """quantile_linear of the n values counted from order key ``start`` on (same order statistics, same lerp)."""
+    virtual = (n - 1) * float(q)
+    k = int(np.floor(virtual))
+    gamma = virtual - k
+    a = float(values[_kth_key(counts, start, k)])
+    b = float(values[_kth_key(counts, start, k + 1)]) if k + 1 < n else a
+    diff = b - a
+    return b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
+
+
+@numba.njit(cache=True, nogil=True)
+def _affine_inverse_depth_f16(bits, table, threshold, scale, shift, max_depth, drop_beyond, out):
+    # _affine_inverse_depth with the surface test inline: finite and value > threshold (in float64).
+    n = 0
+    for i in range(bits.shape[0]):
+        for j in range(bits.shape[1]):
+            b = bits[i, j]
+            if (b & 0x7C00) != 0x7C00:
+                v = table[b]
+                if v > threshold:
+                    inv = scale * v + shift
+                    if inv > 0.0 and not (drop_beyond and inv < 1.0 / max_depth):
+                        out[i, j] = min(1.0 / inv, max_depth)
+                        n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)

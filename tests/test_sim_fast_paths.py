@@ -62,6 +62,37 @@ def test_depth_policy_matches_the_numpy_reference(dtype):
         assert 0 < np.count_nonzero(depth) < depth.size
 
 
+@pytest.mark.parametrize("case", ["teacher-like", "negatives and zeros", "specials", "ties", "all sky", "flat"])
+def test_float16_depth_policy_matches_the_float32_path(case):
+    """The counting path for float16 maps gives the float32 path's depth and info bit for bit."""
+    rng = np.random.default_rng(11)
+    h, w = 64, 96
+    rows = np.linspace(0.0, 1.0, h)[:, None]
+    disp = (rows ** 2 * 5.0 + 0.05 * rng.random((h, w))).astype(np.float16)
+    disp[:8] = 0.0
+    if case == "negatives and zeros":
+        disp[8:12] = -rng.random((4, w)).astype(np.float16)
+        disp[12, :10] = np.float16(-0.0)
+    elif case == "specials":
+        disp[20, :5] = [np.nan, np.inf, -np.inf, np.float16(6e-8), np.float16(65504)]
+        disp[21, :3] = np.frombuffer(np.array([0x7E01, 0xFE00, 0x0001], np.uint16).tobytes(), np.float16)
+    elif case == "ties":
+        disp = np.round(disp * 2).astype(np.float16)
+    elif case == "all sky":
+        disp[:] = np.nan
+    elif case == "flat":
+        disp[:] = np.float16(0.5)
+    policies = [DepthPolicy(), DepthPolicy(far_m=(20.0, 30.0), max_depth_m=60.0, beyond_max="clamp"),
+                DepthPolicy(near_quantile=1.0, far_quantile=0.0, sky_ratio=0.0)]
+    for policy in policies:
+        for seed in range(3):
+            for affine in (None, (0.3, 0.01)):
+                fast = disparity_to_depth(disp, seed=seed, policy=policy, affine=affine)
+                wide = disparity_to_depth(disp.astype(np.float32), seed=seed, policy=policy, affine=affine)
+                assert fast[0].tobytes() == wide[0].tobytes(), (case, policy, seed, affine)
+                assert fast[1] == wide[1], (case, policy, seed, affine)
+
+
 def _beams_reference(profile, pose, K, h, w, seed):
     """The per-firing trigonometry that beam_directions replaced by per-beam x per-column products."""
     import tasks.lidar as lidar
