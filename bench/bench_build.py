@@ -92,7 +92,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path) -> None:
 
     clock = StageClock()
     # Wrap the stages inside simulate_sample / simulate_lidar where they are looked up (module globals).
-    for mod, name, label in [(sim, "disparity_to_depth", "depth policy"), (lidar, "depth_to_grid", "mesh"),
+    for mod, name, label in [(sim, "disparity_to_depth", "depth policy"), (lidar, "grid_from_valid", "mesh"),
                              (lidar, "beam_directions", "beams"), (lidar, "cast_hits", "ray cast"),
                              (lidar, "project_points", "projection"), (sim, "pattern_stats", "stats + encode"),
                              (sim, "depth_to_uint16", "stats + encode")]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numba
 import numpy as np
 from PIL import Image
 
@@ -20,16 +21,29 @@ MAX_DEPTH_M = 65535 / DEPTH_SCALE
 def depth_to_uint16(depth_m: np.ndarray) -> np.ndarray:
     """Metres (any float array) -> KITTI uint16 (metres*256, rounded; 0 = none)."""
     d = np.asarray(depth_m)
-    # float32 stays float32 (x * 256 and rint are exact there, so the result equals the float64 one) and
-    # costs a few full-image passes instead of a float64 copy and two np.where (5-10x faster at image size).
-    d = d.astype(np.float32 if d.dtype in (np.float16, np.float32) else np.float64, copy=False)
-    valid = (d > 0) & (d <= np.finfo(d.dtype).max)  # positive and finite (NaN compares False)
-    q = d * d.dtype.type(DEPTH_SCALE)
-    np.rint(q, out=q)
-    np.clip(q, 1, 65535, out=q)  # a tiny positive depth must not round to 0 and turn into "no measurement"
-    out = np.zeros(d.shape, np.uint16)
-    np.copyto(out, q, casting="unsafe", where=valid)
+    if d.dtype == np.float16:
+        d = d.astype(np.float32)
+    elif d.dtype != np.float32:
+        d = d.astype(np.float64, copy=False)
+    out = np.empty(d.shape, np.uint16)
+    _kitti_uint16(np.ascontiguousarray(d).reshape(-1), out.reshape(-1))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _kitti_uint16(d: np.ndarray, out: np.ndarray) -> None:
+    # One pass instead of numpy's five full-size ones (mask, multiply, rint, clip, masked copy). Computed in
+    # float64 for float32 input too: x * 256 is exact in both (a power of two; a float32 overflowing to inf
+    # clips to 65535 either way) and rint of a float32 value is a float32 value, so the result is the same.
+    top = np.finfo(d.dtype).max
+    for i in range(d.size):
+        x = d[i]
+        if x > 0 and x <= top:  # positive and finite (NaN compares False)
+            q = np.rint(np.float64(x) * 256.0)
+            # a tiny positive depth must not round to 0 and turn into "no measurement"
+            out[i] = 1 if q < 1.0 else (65535 if q > 65535.0 else np.uint16(q))
+        else:
+            out[i] = 0
 
 
 def uint16_to_depth(depth_u16: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import trimesh
 
 from tasks.errors import GeometryError
-from tasks.mesh import DepthGrid, MeshOptions, background_layer, depth_to_grid, validate_depth_and_K
+from tasks.mesh import DepthGrid, MeshOptions, background_layer, grid_from_valid, validate_depth_and_K
 from tasks.provenance import derive_seed
 from tasks.raycast import BACKENDS, cast_hits
 from tasks.sensors import DETECTION_LEVELS, SensorProfile, load_profile
@@ -295,7 +295,7 @@ def simulate_lidar(depth: np.ndarray, K: np.ndarray, profile: SensorProfile | st
         raise GeometryError(f"unknown ray-cast backend {backend!r}; known: {', '.join(BACKENDS)}")
     pose = sensor_pose(profile, seed=seed, jitter=True) if pose is None else _check_pose(pose)
     pose = np.asarray(pose, dtype=np.float64)
-    grid = depth_to_grid(depth, K, mesh_options)
+    grid = grid_from_valid(depth, K, mesh_options)  # depth and K were validated just above
     if grid.n_faces == 0:
         raise GeometryError(
             f"depth map of shape {depth.shape} has no surface to scan (no triangle with depth in "

@@ -215,8 +215,14 @@ def _grid(d: np.ndarray, K: np.ndarray, stride: int, image_size: tuple[int, int]
 
 def depth_to_grid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshOptions()) -> DepthGrid:
     """Validate inputs and decide which triangles of the depth map's grid survive (see module docstring)."""
-    options.validate()
     depth, K = validate_depth_and_K(depth, K)
+    return grid_from_valid(depth, K, options)
+
+
+def grid_from_valid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = MeshOptions()) -> DepthGrid:
+    """:func:`depth_to_grid` for depth and K that :func:`validate_depth_and_K` returned (float64, checked):
+    callers that validated them already skip a second pass over the map."""
+    options.validate()
     s = int(options.stride)
     d = np.ascontiguousarray(depth[::s, ::s])
     if d.shape[0] < 2 or d.shape[1] < 2:

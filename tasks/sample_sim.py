@@ -56,10 +56,7 @@ def simulate_sample(
         mesh_options=MeshOptions(max_depth_m=config.max_depth_m, ratio_threshold=config.mesh_ratio_threshold),
         see_through=config.see_through,
     )
-    # The store keeps KITTI uint16 (metres x 256). Only the few % of pixels with a return need converting.
-    hit = scan.sparse > 0
-    sparse = np.zeros((h, w), np.uint16)
-    sparse[hit] = depth_to_uint16(scan.sparse[hit])
+    sparse = depth_to_uint16(scan.sparse)  # the store keeps KITTI uint16 (metres x 256); 0 = no return stays 0
     crop = (min(h, KITTI_CROP[0]), min(w, KITTI_CROP[1]))
     pstats = pattern_stats(sparse, crop=crop)  # uses only "has a return" (> 0), the same in uint16
     top = int(depth_u16.max())
