@@ -146,7 +146,7 @@ def _crop_resize(a: np.ndarray, canvas: tuple[int, int], size: tuple[int, int]) 
         return np.ascontiguousarray(crop)
     reduction = min((x1 - x0) / out_w, (y1 - y0) / out_h)
     interp = cv2.INTER_AREA if reduction >= _AREA_FROM else cv2.INTER_LINEAR
-    return cv2.resize(np.ascontiguousarray(crop), (out_w, out_h), interpolation=interp)
+    return cv2.resize(crop, (out_w, out_h), interpolation=interp)  # OpenCV reads the crop view in place
 
 
 def _dct_factor(need: float) -> int:

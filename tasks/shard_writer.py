@@ -17,7 +17,7 @@ from storage.cache import ArrayCache
 from storage.store import ARRAYS, DatasetStore, sample_shape
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
-from tasks.float16 import to_float16
+from tasks.float16 import float16_to_float32, to_float16
 from tasks.images import load_fitted
 from tasks.planning import read_bytes
 
@@ -29,7 +29,7 @@ def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarra
 
     if compact.shape == (height, width):  # already at the canvas (a network larger than it): no float32 round trip
         return np.asarray(compact, dtype=np.float16)
-    small = np.ascontiguousarray(compact, dtype=np.float32)
+    small = float16_to_float32(compact) if compact.dtype == np.float16 else np.ascontiguousarray(compact, np.float32)
     # Bilinear with half-pixel centres (as torch's align_corners=False); OpenCV's is ~5x faster than numpy's.
     return to_float16(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
 
