@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from storage.kitti import KITTI_CROP
-from storage.pngio import DEPTH_SCALE, depth_to_uint16, uint16_to_depth
+from storage.pngio import DEPTH_SCALE, depth_to_uint16
 from tasks.build_config import BuildConfig
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
 from tasks.images import intrinsics_for_canvas
@@ -46,7 +46,9 @@ def simulate_sample(
     # The store keeps depth in the KITTI uint16 form (metres x 256, <= 2 mm rounding); the mesh is built from
     # exactly those values, so the stored depth reproduces the scan.
     depth_u16 = depth_to_uint16(depth)
-    depth = uint16_to_depth(depth_u16)
+    # In float64, as the mesh needs it: u16 / 256 is exact in float32 and float64 alike, so this is the
+    # value uint16_to_depth gives, without the float32 map and its float64 copy.
+    depth = depth_u16 * (1.0 / DEPTH_SCALE)
     scan = simulate_lidar(
         depth,
         K,
