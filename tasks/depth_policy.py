@@ -163,18 +163,23 @@ def disparity_to_depth(
         return depth, info
     d_far = quantile_linear(disp[surface], policy.far_quantile)
 
-    if affine is not None:
-        scale, shift = float(affine[0]), float(affine[1])
-    elif d_near - d_far <= 1e-6 * d_near:
-        # No depth structure to preserve: a wall at the far anchor.
-        scale, shift = 0.0, 1.0 / far_m
-    else:
-        scale = (1.0 / near_m - 1.0 / far_m) / (d_near - d_far)
-        shift = 1.0 / far_m - scale * d_far
+    scale, shift = _inverse_depth_map(d_near, d_far, near_m, far_m, affine)
     n_surface = _affine_inverse_depth(disp, surface, float(scale), float(shift), float(policy.max_depth_m),
                                       policy.beyond_max == "none", depth)
     info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - n_surface / depth.size))
     return depth, info
+
+
+def _inverse_depth_map(d_near: float, d_far: float, near_m: float, far_m: float,
+                       affine: tuple[float, float] | None) -> tuple[float, float]:
+    """(scale, shift) of ``1/depth = scale * disp + shift``: the given ``affine``, or the map through the two
+    anchors (d_near -> 1/near_m, d_far -> 1/far_m)."""
+    if affine is not None:
+        return float(affine[0]), float(affine[1])
+    if d_near - d_far <= 1e-6 * d_near:  # no depth structure to preserve: a wall at the far anchor
+        return 0.0, 1.0 / far_m
+    scale = (1.0 / near_m - 1.0 / far_m) / (d_near - d_far)
+    return scale, 1.0 / far_m - scale * d_far
 
 
 def _disparity_to_depth_f16(disp: np.ndarray, *, seed: int, policy: DepthPolicy,
@@ -208,13 +213,7 @@ def _disparity_to_depth_f16(disp: np.ndarray, *, seed: int, policy: DepthPolicy,
     if n_surface_values == 0:
         return depth, info
     d_far = _quantile_from_counts(counts, first, n_surface_values, policy.far_quantile, values)
-    if affine is not None:
-        scale, shift = float(affine[0]), float(affine[1])
-    elif d_near - d_far <= 1e-6 * d_near:
-        scale, shift = 0.0, 1.0 / far_m
-    else:
-        scale = (1.0 / near_m - 1.0 / far_m) / (d_near - d_far)
-        shift = 1.0 / far_m - scale * d_far
+    scale, shift = _inverse_depth_map(d_near, d_far, near_m, far_m, affine)
     n_surface = _affine_inverse_depth_f16(bits, _F32_OF_F16_BITS, float(threshold), float(scale), float(shift),
                                           float(policy.max_depth_m), policy.beyond_max == "none", depth)
     info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - n_surface / depth.size))
@@ -266,8 +265,7 @@ def _quantile_from_counts(counts: np.ndarray, start: int, n: int, q: float, valu
     gamma = virtual - k
     a = float(values[_kth_key(counts, start, k)])
     b = float(values[_kth_key(counts, start, k + 1)]) if k + 1 < n else a
-    diff = b - a
-    return b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
+    return _numpy_lerp(a, b, gamma)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -317,8 +315,13 @@ def quantile_linear(values: np.ndarray, q: float) -> float:
     values.partition(k)
     a = float(values[k])
     b = float(values[k + 1:].min()) if k + 1 < n else a
+    return _numpy_lerp(a, b, gamma)
+
+
+def _numpy_lerp(a: float, b: float, gamma: float) -> float:
+    """numpy's quantile interpolation (its _lerp): a + (b - a) * t, replaced by b - (b - a) * (1 - t) where
+    t >= 0.5."""
     diff = b - a
-    # numpy's _lerp: a + diff * t, replaced by b - diff * (1 - t) where t >= 0.5
     return b - diff * (1.0 - gamma) if gamma >= 0.5 else a + diff * gamma
 
 
