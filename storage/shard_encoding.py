@@ -1,13 +1,14 @@
 """One whole Zarr v3 shard object encoded in this thread, with the array's own codecs: the bytes zarr-python
-writes for ``array[shard region] = data``, at about half its CPU.
+writes for ``array[shard region] = data``, with less CPU.
 
-Why: a build writes every array's shard whole, and zarr-python's write path (asyncio tasks, a thread hop per
-Blosc call, per-chunk buffer merges and copies) cost ~9 ms per 352x1216 sample on top of ~12 ms of actual
-Blosc work (``bench/bench_build.py --stages``). The shard format is small and fixed by the sharding spec:
-the inner chunks in Morton order, then an index of (offset, nbytes) uint64 pairs with its own codecs. The
-inner chunks go through the very objects zarr-python uses (numcodecs' Blosc configured by the array's
-``BloscCodec``, google-crc32c for ``crc32c``), so the bytes match; ``tests/test_shard_encoding.py`` compares
-them with zarr-python's own writes.
+Why: a build writes every array's shard whole. zarr-python's write path (asyncio tasks, a thread hop per
+Blosc call, per-chunk buffer merges and copies) plus a re-read for the manifest hashes made the store write
+21.3 ms per 352x1216 sample on one core; encoding here and hashing the bytes in memory makes it 16.1
+(``bench/bench_build.py --stages``, side by side), of which ~12.7 ms is the Blosc work itself. The shard
+format is small and fixed by the sharding spec: the inner chunks in Morton order, then an index of
+(offset, nbytes) uint64 pairs with its own codecs. The inner chunks go through the very objects zarr-python
+uses (numcodecs' Blosc configured by the array's ``BloscCodec``, google-crc32c for ``crc32c``), so the bytes
+match; ``tests/test_shard_encoding.py`` compares them with zarr-python's own writes.
 
 Only the codec chains this project writes are handled (bytes [+ transpose] + blosc + crc32c inside, bytes +
 crc32c for the index); :func:`encode_shard` returns None for anything else and the caller writes through

@@ -421,8 +421,8 @@ class DatasetStore:
                 padded = np.zeros((self.shard_size, *a.shape[1:]), dtype=a.dtype)
                 padded[:n_rows] = a
                 a = padded
-            # The shard object encoded here (zarr-python's bytes at half its CPU, storage.shard_encoding) and
-            # published whole; zarr-python writes only codec chains that module does not handle.
+            # The shard object encoded here (zarr-python's bytes with ~5 ms/sample less CPU: storage.shard_encoding)
+            # and published whole; zarr-python writes only the codec chains that module does not handle.
             encoded = encode_shard(self._arrays[name], a)
             if encoded is None:
                 with _quiet_zarr():
