@@ -168,11 +168,14 @@ def teacher_only(uris: list[str], teacher: Path, h: int, w: int, batch: int) -> 
 
 def full_build(images_dir: str, teacher: Path, h: int, w: int, batch: int, shard: int, work: Path) -> tuple[float, dict]:
     from flows.build import build_dataset
+    from flows.cli import ephemeral_run_settings
 
     shutil.rmtree(work, ignore_errors=True)
     t0 = time.perf_counter()
-    summary = build_dataset(images=images_dir, out=str(work / "store.zarr"), teacher=str(teacher), height=h, width=w,
-                            shard_size=shard, teacher_batch_size=batch, cache_dir=str(work / "cache"), previews=0)
+    with ephemeral_run_settings():  # as `monolidar build` runs it (Prefect ephemeral mode, no flow heartbeats)
+        summary = build_dataset(images=images_dir, out=str(work / "store.zarr"), teacher=str(teacher), height=h,
+                                width=w, shard_size=shard, teacher_batch_size=batch, cache_dir=str(work / "cache"),
+                                previews=0)
     elapsed = time.perf_counter() - t0
     assert summary["status"]["ok"] == summary["samples"], summary
     return elapsed, summary

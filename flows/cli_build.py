@@ -143,7 +143,7 @@ def register(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
     _add_runner_args(p)
-    p.set_defaults(func=cmd_build)
+    p.set_defaults(func=cmd_build, runs_flows=True)
 
     r = sub.add_parser("repair", help="re-run only the missing or failed shards of a dataset")
     r.add_argument("store")
@@ -151,7 +151,7 @@ def register(sub) -> None:
     r.add_argument("--cache-dir", default=None)
     r.add_argument("--quiet", action="store_true")
     _add_runner_args(r)
-    r.set_defaults(func=cmd_repair)
+    r.set_defaults(func=cmd_repair, runs_flows=True)
 
     v = sub.add_parser("preview", help="write preview PNGs: RGB | teacher depth | LiDAR overlay")
     v.add_argument("store")

@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--log-depth-weight", type=float, default=0.0,
                    help="weight of the evaluation-protocol term: |log depth ratio| after disparity-space "
                         "scale/shift alignment (default 0)")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, runs_flows=True)
 
 
 def _run(args: argparse.Namespace) -> int:

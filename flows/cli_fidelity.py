@@ -120,7 +120,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "seeded draw (by default it is only reported beside the aligned figures)")
     p.add_argument("--out", help="folder for report.json and side_by_side.png")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.set_defaults(func=_fidelity)
+    p.set_defaults(func=_fidelity, runs_flows=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -127,7 +127,7 @@ def register(subparsers) -> None:
     p.add_argument("--store", required=True, type=Path, nargs="+",
                    help="store(s) made by `monolidar build` (several are trained on as one)")
     _add_training_args(p, steps=2000, lr=1e-3, warmup=100)
-    p.set_defaults(func=_pretrain)
+    p.set_defaults(func=_pretrain, runs_flows=True)
 
     p = subparsers.add_parser("finetune", help="stage 2: fine-tune on KITTI-format data (sparse GT + SSI)")
     p.add_argument("--kitti", required=True, type=Path, help="KITTI depth-completion dir (either layout)")
@@ -143,7 +143,7 @@ def register(subparsers) -> None:
     p.add_argument("--teacher-cache", default=None,
                    help="teacher output cache (the build's Zarr ArrayCache; default .monolidar-cache beside OUT)")
     _add_training_args(p, steps=1000, lr=5e-4, warmup=50)
-    p.set_defaults(func=_finetune)
+    p.set_defaults(func=_finetune, runs_flows=True)
 
     p = subparsers.add_parser("evaluate", help="KITTI-devkit metrics of a checkpoint or baseline")
     p.add_argument("--kitti", required=True, type=Path, help="KITTI depth-completion dir with ground truth")
@@ -156,7 +156,7 @@ def register(subparsers) -> None:
     p.add_argument("--raw-weights", dest="use_ema", action="store_false", help="use raw instead of EMA weights")
     p.add_argument("--no-ipbasic", action="store_true", help="skip the IP-Basic comparison row")
     p.add_argument("--threads", type=int, default=None)
-    p.set_defaults(func=_evaluate)
+    p.set_defaults(func=_evaluate, runs_flows=True)
 
     p = subparsers.add_parser("export-onnx", help="export a completion checkpoint to ONNX (+ ORT check)")
     p.add_argument("--ckpt", required=True, help="completion checkpoint")

@@ -77,3 +77,28 @@ def test_cli_sensor_file_goes_to_the_flow_as_sensor_file():
 
     assert split_sensor("vlp16") == ("vlp16", None)
     assert split_sensor("/profiles/my_lidar.yaml") == ("hdl64e_kitti", "/profiles/my_lidar.yaml")
+
+
+def test_flow_commands_run_without_heartbeats_only_in_ephemeral_mode():
+    """Commands that run flows skip Prefect's flow heartbeat when no server is configured (its thread is joined
+    at every flow's end, ~1 s); against a server (PREFECT_API_URL) Prefect's own setting stays."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, \
+        temporary_settings
+
+    from flows.cli import build_parser, ephemeral_run_settings
+
+    parser = build_parser()
+    for argv in (["build"], ["repair", "x.zarr"], ["pretrain", "--store", "s.zarr", "--out", "o"],
+                 ["evaluate", "--kitti", "k", "--baseline", "ipbasic"], ["train-teacher"]):
+        assert parser.parse_args(argv).runs_flows is True, argv
+    for argv in (["inspect", "x.zarr"], ["export-kitti", "x.zarr", "out"]):
+        assert not getattr(parser.parse_args(argv), "runs_flows", False), argv
+
+    with temporary_settings(updates={PREFECT_API_URL: None, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 180}):
+        with ephemeral_run_settings():
+            assert get_current_settings().flows.heartbeat_frequency is None
+        assert get_current_settings().flows.heartbeat_frequency == 180
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:4200/api",
+                                     PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 180}):
+        with ephemeral_run_settings():
+            assert get_current_settings().flows.heartbeat_frequency == 180
