@@ -211,29 +211,42 @@ def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.nd
 def project_points(points_cam: np.ndarray, K: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int]:
     """Z-buffered projection (nearest z wins per pixel) -> ((H, W) float32 sparse depth, points in image)."""
     sparse = np.zeros((height, width), dtype=np.float32)
-    z = points_cam[:, 2]
-    front = z > 1e-6
-    p, z = points_cam[front], z[front]
-    u = np.rint((K[0, 0] * p[:, 0] + K[0, 1] * p[:, 1]) / z + K[0, 2])
-    v = np.rint(K[1, 1] * p[:, 1] / z + K[1, 2])
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
-    lin = v[inside].astype(np.int64) * width + u[inside].astype(np.int64)
-    _zbuffer(lin, z[inside], sparse.reshape(-1))
-    return sparse, int(inside.sum())
+    K = np.asarray(K, dtype=np.float64)
+    pts = np.ascontiguousarray(points_cam, dtype=np.float64)
+    n_in = _project_zbuffer(pts, K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2], int(height), int(width),
+                            sparse.reshape(-1))
+    return sparse, int(n_in)
 
 
 @numba.njit(cache=True, nogil=True)
-def _zbuffer(lin: np.ndarray, z: np.ndarray, out: np.ndarray) -> None:
-    # Nearest z per pixel, compared in float64 and stored as float32. Equal z are equal values, so the result
-    # does not depend on the order of the points (a sort by (pixel, z) gave the same; this is O(N), no sort).
-    best = np.empty(out.size)  # only the pixels hit are touched (initialised in the first loop)
-    for i in range(lin.size):
-        best[lin[i]] = np.inf
-    for i in range(lin.size):
-        if z[i] < best[lin[i]]:
-            best[lin[i]] = z[i]
-    for i in range(lin.size):
-        out[lin[i]] = best[lin[i]]
+def _project_zbuffer(p: np.ndarray, fx: float, skew: float, cx: float, fy: float, cy: float, height: int,
+                     width: int, out: np.ndarray) -> int:
+    # One pass to find each point's pixel (the numpy form's expressions, operation for operation), one to keep
+    # the nearest z per pixel, with no full-image temporary (a float64 z-buffer of the image cost more in page
+    # faults than the loop itself). The minimum is taken on float32 values: rounding to float32 is monotonic,
+    # so min(float32(z)) == float32(min(z)) and the result is the same bits as a float64 z-buffer; equal values
+    # are equal whichever point came first, so the order of the points does not matter.
+    n = p.shape[0]
+    lin = np.empty(n, np.int64)
+    n_in = 0
+    for i in range(n):
+        z = p[i, 2]
+        lin[i] = -1
+        if z > 1e-6:
+            u = np.rint((fx * p[i, 0] + skew * p[i, 1]) / z + cx)
+            v = np.rint(fy * p[i, 1] / z + cy)
+            if u >= 0 and u < width and v >= 0 and v < height:
+                k = np.int64(v) * width + np.int64(u)
+                lin[i] = k
+                out[k] = np.inf
+                n_in += 1
+    for i in range(n):
+        k = lin[i]
+        if k >= 0:
+            z32 = np.float32(p[i, 2])
+            if z32 < out[k]:
+                out[k] = z32
+    return n_in
 
 
 def _scan(scene, backend: str, K: np.ndarray, height: int, width: int, profile: SensorProfile,
