@@ -146,12 +146,7 @@ def _quiet_zarr() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Object at .+ is not recognized as a component")
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        import zarr
-
-        # Store every chunk, also all-zero ones (quarantined rows, padding): a shard then always holds all its
-        # chunks, so a missing chunk or object is damage, never "empty".
-        with zarr.config.set({"array.write_empty_chunks": True}):
-            yield
+        yield
 
 
 def _now_iso() -> str:
@@ -187,7 +182,11 @@ class DatasetStore:
         self.width = int(fmt["width"])
         self.shard_size = int(fmt["shard_size"])
         self.chunk_size = int(fmt["chunk_size"])
-        self._arrays = {name: group[name] for name in ARRAYS}
+        # Store every chunk, also all-zero ones (quarantined rows, padding): a shard then always holds all its
+        # chunks, so a missing chunk or object is damage, never "empty". Set on each array object, not through
+        # zarr's process-global config: a global setting entered and left by concurrent writers (threads of one
+        # build) could be restored to False under another thread's open and silently drop its zero chunks.
+        self._arrays = {name: group[name].with_config({"write_empty_chunks": True}) for name in ARRAYS}
         # dtypes as this store was written: format 2 kept depth as float32 metres
         self._dtypes = {name: dtype for name, (dtype, _) in ARRAYS.items()}
         if int(fmt.get("format_version", FORMAT_VERSION)) < 3:

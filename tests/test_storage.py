@@ -151,6 +151,21 @@ def test_rewrite_is_byte_identical(tmp_path):
     assert (a / "rgb/zarr.json").read_bytes() == (b / "rgb/zarr.json").read_bytes()
 
 
+def test_zero_chunks_are_stored_whatever_zarrs_global_config(tmp_path):
+    """Every chunk of a shard is stored, also all-zero ones (padding rows), even when zarr's process-global
+    config says otherwise (another thread, or the user, may have set it): same bytes as under the default."""
+    import zarr
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for path, empty in ((a, True), (b, False)):
+        with zarr.config.set({"array.write_empty_chunks": empty}):
+            store = new_store(path)
+            store.ensure_shards(1)
+            store = DatasetStore.open(path, mode="r+")
+            store.write_shard(0, make_arrays(2, 2), make_rows(0, 2, ["ok", "quarantined"]))
+    assert tree_hashes(a, exclude=("zarr.json",)) == tree_hashes(b, exclude=("zarr.json",))
+
+
 def test_rewrite_with_fewer_rows_drops_old_rows(tmp_path):
     store = new_store(tmp_path / "ds")
     store.ensure_shards(1)
