@@ -176,9 +176,10 @@ def _place_rays(profile: SensorProfile, pose: np.ndarray, d_lidar: np.ndarray,
                 ring: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """LiDAR-frame unit directions of the kept firings -> (origins, dirs) in the camera frame, ring int16."""
     dirs = d_lidar @ pose[:3, :3].T
-    origins = np.broadcast_to(pose[:3, 3], dirs.shape).copy()
     if profile.vertical_offsets_m is not None:  # stacked lasers: each beam leaves the head at its own height
-        origins += profile.vertical_offsets_m[ring][:, None] * pose[:3, 2][None, :]
+        origins = pose[:3, 3] + profile.vertical_offsets_m[ring][:, None] * pose[:3, 2][None, :]
+    else:
+        origins = np.broadcast_to(pose[:3, 3], dirs.shape).copy()
     return origins, dirs, ring.astype(np.int16)
 
 

@@ -243,3 +243,26 @@ def test_teacher_cache_f16d_kernels_match_the_numpy_form():
             assert np.cumsum(joined, axis=1, dtype=np.uint16).tobytes() == _planes_row_cumsum(planes).tobytes()
             f = a.view(np.float16)
             assert ArrayCache._decode(ArrayCache._encode(f)).tobytes() == f.tobytes()
+
+
+def test_ray_check_normalises_exactly_like_numpy_and_names_bad_rays():
+    from tasks.errors import GeometryError
+    from tasks.raycast import _check_rays
+
+    rng = np.random.default_rng(3)
+    dirs = rng.normal(size=(50_000, 3)) * rng.uniform(1e-3, 1e3, (50_000, 1))
+    origins = rng.normal(size=(50_000, 3))
+    _, unit = _check_rays(origins, dirs)
+    ref = dirs / np.linalg.norm(dirs, axis=1)[:, None]  # the numpy form it replaces
+    assert unit.tobytes() == ref.tobytes()
+    bad = dirs.copy()
+    bad[7] = 0.0
+    with pytest.raises(GeometryError, match="1 ray directions have zero length"):
+        _check_rays(origins, bad)
+    bad[7] = (np.nan, 0.0, 1.0)
+    with pytest.raises(GeometryError, match="non-finite"):
+        _check_rays(origins, bad)
+    o = origins.copy()
+    o[3, 2] = np.inf
+    with pytest.raises(GeometryError, match="non-finite"):
+        _check_rays(o, dirs)

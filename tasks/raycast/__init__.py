@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numba
 import numpy as np
 import trimesh
 
@@ -46,12 +47,35 @@ def _check_rays(origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.n
     dirs = np.ascontiguousarray(dirs, dtype=np.float64)
     if origins.ndim != 2 or origins.shape[1] != 3 or origins.shape != dirs.shape:
         raise GeometryError(f"rays need origins and dirs of equal shape (N, 3), got {origins.shape} and {dirs.shape}")
-    if not (np.isfinite(origins).all() and np.isfinite(dirs).all()):
+    unit, n_nonfinite, n_zero = _unit_directions(origins, dirs)
+    if n_nonfinite:
         raise GeometryError("ray origins/directions contain non-finite values")
-    norm = np.linalg.norm(dirs, axis=1)
-    if len(norm) and norm.min() <= 0:
-        raise GeometryError(f"{int((norm <= 0).sum())} ray directions have zero length")
-    return origins, np.ascontiguousarray(dirs / norm[:, None])
+    if n_zero:
+        raise GeometryError(f"{n_zero} ray directions have zero length")
+    return origins, unit
+
+
+@numba.njit(cache=True, nogil=True)
+def _unit_directions(origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, int, int]:
+    # One pass instead of numpy's five over the (N, 3) arrays (finite checks, norm, division): the same values as
+    # dirs / np.linalg.norm(dirs, axis=1)[:, None], whose norm sums the squares left to right (tested).
+    unit = np.empty_like(dirs)
+    n_nonfinite = 0
+    n_zero = 0
+    for i in range(dirs.shape[0]):
+        x, y, z = dirs[i, 0], dirs[i, 1], dirs[i, 2]
+        if not (np.isfinite(x) and np.isfinite(y) and np.isfinite(z) and np.isfinite(origins[i, 0])
+                and np.isfinite(origins[i, 1]) and np.isfinite(origins[i, 2])):
+            n_nonfinite += 1
+            continue
+        norm = np.sqrt((x * x + y * y) + z * z)
+        if norm <= 0.0:
+            n_zero += 1
+            continue
+        unit[i, 0] = x / norm
+        unit[i, 1] = y / norm
+        unit[i, 2] = z / norm
+    return unit, n_nonfinite, n_zero
 
 
 def cast_hits(backend: str, scene: Scene, origins: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
