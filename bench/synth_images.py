@@ -20,7 +20,9 @@ SOURCES = [REPO.parent / "shared" / "data" / "natural", REPO / "flows" / "demo_i
 
 
 def source_photos() -> list[Image.Image]:
-    paths = sorted(p for d in SOURCES if d.is_dir() for p in d.glob("*.jpg"))
+    # Sources in SOURCES order, names sorted within each: the same photos in the same order wherever the checkout
+    # lives (sorting absolute paths put the demo photos first or last depending on the folder's name).
+    paths = [p for d in SOURCES if d.is_dir() for p in sorted(d.glob("*.jpg"), key=lambda q: q.name)]
     if not paths:
         raise SystemExit(f"no source photos found in {', '.join(map(str, SOURCES))}")
     return [Image.open(p).convert("RGB") for p in paths]
