@@ -100,7 +100,8 @@ def encode_shard(array: Any, data: np.ndarray) -> bytes | None:
     parts: list[bytes] = []
     offset = 0
     # One Blosc thread, as in zarr-python (which calls Blosc from worker threads): the caller's processes are
-    # the parallelism, and Blosc's output does not depend on its thread count anyway.
+    # the parallelism, and Blosc's output does not depend on its thread count anyway (so two threads of one
+    # process toggling this module-level switch at once can only change speed, never bytes).
     threads, numcodecs.blosc.use_threads = numcodecs.blosc.use_threads, False
     try:
         for coords in morton_order_iter(per_shard):

@@ -42,7 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from tasks.errors import GeometryError
-from tasks.float16 import float16_to_float32
+from tasks.float16 import F32_OF_F16_BITS, float16_to_float32
 
 DEPTH_KINDS = ("disparity", "metric")
 
@@ -214,27 +214,26 @@ def _disparity_to_depth_f16(disp: np.ndarray, *, seed: int, policy: DepthPolicy,
         return depth, info
     d_far = _quantile_from_counts(counts, first, n_surface_values, policy.far_quantile, values)
     scale, shift = _inverse_depth_map(d_near, d_far, near_m, far_m, affine)
-    n_surface = _affine_inverse_depth_f16(bits, _F32_OF_F16_BITS, float(threshold), float(scale), float(shift),
+    n_surface = _affine_inverse_depth_f16(bits, F32_OF_F16_BITS, float(threshold), float(scale), float(shift),
                                           float(policy.max_depth_m), policy.beyond_max == "none", depth)
     info.update(scale=float(scale), shift=float(shift), sky_fraction=float(1.0 - n_surface / depth.size))
     return depth, info
 
 
-def _order_key_values() -> tuple[np.ndarray, np.ndarray]:
+def _values_by_order_key() -> np.ndarray:
     # Order key of a float16 bit pattern: sorting keys sorts values (negatives reversed below the positives).
-    # values[key] = the float32 value of the pattern with that key; NaN/inf patterns are never counted.
+    # values[key] = the float32 value of the pattern with that key; NaN/inf patterns are never counted, and get
+    # -inf / +inf (below / above every finite key) so the table stays sorted for searchsorted.
     bits = np.arange(1 << 16, dtype=np.uint32)
     keys = np.where(bits & 0x8000, 0xFFFF - bits, bits | 0x8000)
-    f32 = bits.astype(np.uint16).view(np.float16).astype(np.float32)
     by_key = np.empty(1 << 16, np.float32)
-    by_key[keys] = f32
-    finite = np.isfinite(by_key)
-    by_key[~finite & (np.arange(1 << 16) < 0x8000)] = -np.inf  # keep the table sorted for searchsorted
-    by_key[~finite & (np.arange(1 << 16) >= 0x8000)] = np.inf
-    return f32, by_key
+    by_key[keys] = F32_OF_F16_BITS
+    negative_half = np.arange(1 << 16) < 0x8000
+    by_key[~np.isfinite(by_key)] = np.where(negative_half, -np.inf, np.inf)[~np.isfinite(by_key)]
+    return by_key
 
 
-_F32_OF_F16_BITS, _F32_BY_ORDER_KEY = _order_key_values()
+_F32_BY_ORDER_KEY = _values_by_order_key()
 
 
 @numba.njit(cache=True, nogil=True)

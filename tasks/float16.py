@@ -55,8 +55,9 @@ def to_float16(x: np.ndarray) -> np.ndarray:
     return out.view(np.float16)
 
 
-# Every float16 bit pattern's float32 value (exact: float32 holds every float16), built once by numpy.
-_F32_OF_F16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+# Every float16 bit pattern's float32 value (exact: float32 holds every float16), built once by numpy; indexed
+# by the uint16 view of a float16 array (also by tasks.depth_policy's float16 path).
+F32_OF_F16_BITS = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -69,5 +70,5 @@ def float16_to_float32(x: np.ndarray) -> np.ndarray:
     """``x.astype(np.float32)`` for a float16 array, bit for bit (a table lookup), several times faster."""
     x = np.ascontiguousarray(x, dtype=np.float16)
     out = np.empty(x.shape, dtype=np.float32)
-    _widen(x.reshape(-1).view(np.uint16), _F32_OF_F16, out.reshape(-1))
+    _widen(x.reshape(-1).view(np.uint16), F32_OF_F16_BITS, out.reshape(-1))
     return out
