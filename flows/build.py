@@ -24,6 +24,7 @@ from flows.failures import readable_failures
 from storage.cache import ArrayCache, default_cache_dir
 from storage.plan import read_plan, write_plan
 from storage.root import StoreRoot, is_remote
+from storage.compression import DEFAULT_COMPRESSION, Compression
 from storage.store import DatasetStore
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, Backend, BuildConfig, SensorName
 from storage.manifest_summary import mean_ok_density, shard_state, status_counts
@@ -227,6 +228,7 @@ def build_dataset(
     overwrite: bool = False,
     previews: int = RUN_DEFAULTS.previews,
     progress: bool = False,
+    compression: Compression | None = None,
 ) -> dict:
     """Build (or grow) a sharded Zarr depth-completion dataset from photos.
 
@@ -252,6 +254,8 @@ def build_dataset(
         overwrite: delete an existing store built with another configuration instead of refusing.
         previews: number of preview images written into the store and attached as an artifact.
         progress: show a progress bar on stderr.
+        compression: codec profile of a new store: balanced (default), fast (lz4: ~2.4x less encode CPU,
+            ~1.2x the bytes) or small (archiving); empty = the existing store's own, or balanced.
     """
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -264,7 +268,7 @@ def build_dataset(
     t_plan = time.perf_counter()
     store_path = out if is_remote(out) else Path(out)
     cache = str(Path(cache_dir) if cache_dir else _default_cache(store_path))
-    store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite)
+    store = _open_or_create(store_path, cfg, ident, images, overwrite=overwrite, compression=compression)
     with store.lock(owner="build-dataset"):
         ArrayCache(cache).clear_temporaries()
         plan = plan_shards(inputs, shard_size=shard_size, samples_per_image=samples_per_image, seed=seed,
@@ -315,7 +319,7 @@ def _default_cache(store_path: Path | str) -> Path:
 
 
 def _open_or_create(path: Path | str, cfg: BuildConfig, teacher: dict, images: str, *,
-                    overwrite: bool) -> DatasetStore:
+                    overwrite: bool, compression: str | None = None) -> DatasetStore:
     config = {"build": cfg.to_dict(), "config_hash": cfg.hash(), "images": str(images)}
     teacher_attrs = {k: teacher[k] for k in teacher if k != "threads"}
     root = StoreRoot(path)
@@ -328,6 +332,9 @@ def _open_or_create(path: Path | str, cfg: BuildConfig, teacher: dict, images: s
             mismatch.append("configuration")
         if old_teacher != teacher["sha256"]:
             mismatch.append("teacher")
+        # The codecs are fixed when a store is created; None = keep the store's own profile.
+        if compression is not None and compression != store.compression:
+            mismatch.append(f"compression ({store.compression}, not {compression})")
         if not mismatch:
             return store
         if not overwrite:
@@ -337,7 +344,8 @@ def _open_or_create(path: Path | str, cfg: BuildConfig, teacher: dict, images: s
             )
         root.remove_tree()
     return DatasetStore.create(path, height=cfg.height, width=cfg.width, shard_size=cfg.shard_size, config=config,
-                               teacher=teacher_attrs, sensor=cfg.sensor, code_version=code_version())
+                               teacher=teacher_attrs, sensor=cfg.sensor, code_version=code_version(),
+                               compression=compression or DEFAULT_COMPRESSION)
 
 
 @flow(name="repair-shards", task_runner=ThreadPoolTaskRunner(max_workers=default_thread_workers()),

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 
+from storage.compression import COMPRESSION
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, RUNNERS
 
 
@@ -73,7 +74,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         height=args.height, width=args.width, fx=args.fx, backend=args.backend, see_through=args.see_through,
         teacher_batch_size=args.teacher_batch_size, teacher_threads=args.teacher_threads,
         sim_workers=args.sim_workers, cache_dir=args.cache_dir, overwrite=args.overwrite, previews=args.previews,
-        progress=not args.quiet,
+        progress=not args.quiet, compression=args.compression,
     )
     if args.json:
         print(json.dumps(summary, default=str))
@@ -140,6 +141,9 @@ def register(sub) -> None:
     p.add_argument("--cache-dir", default=None, help="teacher cache (default .monolidar-cache beside the store)")
     p.add_argument("--overwrite", action="store_true", help="replace a store built with another config")
     p.add_argument("--previews", type=int, default=rd.previews)
+    p.add_argument("--compression", choices=list(COMPRESSION), default=None,
+                   help="codec profile of a new store: balanced (default), fast (lz4: ~2.4x less encode CPU, "
+                        "~1.2x the bytes) or small (archiving); default: an existing store's own")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the build summary as one JSON object")
     _add_runner_args(p)

@@ -41,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import manifest as mf
+from storage.compression import COMPRESSION, DEFAULT_COMPRESSION, Compression  # noqa: F401  (re-exported)
 from storage.pngio import depth_metres, depth_to_uint16, uint16_to_depth
 from storage.root import StoreRoot
 from storage.shard_encoding import encode_shard
@@ -74,41 +75,6 @@ ARRAY_DOCS = {
 }
 FORMAT_2_DOCS = {"depth": "dense metric depth that built the mesh, float32 metres, 0 = none"}  # stores before format 3
 
-# Compression: standard Blosc (zstd inside) + crc32c per chunk, chosen by measurement on the bench_loader
-# samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
-# (bench/bench_build.py --stages). Two profiles:
-# * "balanced" (default, what a build writes): blosc zstd level 1 in 256 KiB blocks, bit shuffle for uint8 RGB,
-#   the float16 teacher output and the uint16 depth, no shuffle for sparse (mostly zeros: zstd's own matches
-#   beat a shuffle there, 48 vs 57 KiB and 1.2 vs 1.8 ms per sample, decoding 0.6 vs 0.8 ms). Per simulated
-#   352x1216 sample on one core: ~11 ms to encode rgb+teacher+depth+sparse (zstd 2 with byte shuffle for the
-#   teacher output saved 2.5 % of its bytes for 2.3x its time; level 5 with blosc's automatic block size took
-#   ~70-90 ms for 1-6 % fewer bytes); decoding costs the same. Depth in the KITTI uint16 form (format 3)
-#   takes 434 KiB against 1061 KiB as float32 (the float32 mantissa below the teacher's float16 precision
-#   was noise to the compressor).
-# * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
-#   ~6-10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's
-#   ~30 ms per-sample budget; meant for archiving or publishing a finished dataset.
-# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle, blocksize;
-# 0 = blosc chooses)
-COMPRESSION = {
-    "balanced": {
-        "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
-        "teacher_output": (None, "zstd", 1, "bitshuffle", 256 << 10),
-        "depth": (None, "zstd", 1, "bitshuffle", 256 << 10),
-        "sparse": (None, "zstd", 1, "noshuffle", 256 << 10),
-        "K": (None, "zstd", 1, "shuffle", 0),
-        "lidar_pose": (None, "zstd", 1, "shuffle", 0),
-    },
-    "small": {
-        "rgb": ((0, 3, 1, 2), "zstd", 9, "noshuffle", 0),
-        "teacher_output": (None, "zstd", 9, "shuffle", 0),
-        "depth": (None, "zstd", 9, "bitshuffle", 0),
-        "sparse": (None, "zstd", 9, "shuffle", 0),
-        "K": (None, "zstd", 5, "shuffle", 0),
-        "lidar_pose": (None, "zstd", 5, "shuffle", 0),
-    },
-}
-DEFAULT_COMPRESSION = "balanced"
 
 
 # The process in which tensorstore first read (see DatasetStore._fast_readers); None until then.
@@ -327,6 +293,11 @@ class DatasetStore:
     @property
     def attrs(self) -> dict:
         return json.loads(json.dumps(dict(self._group.attrs)))
+
+    @property
+    def compression(self) -> str:
+        """The COMPRESSION profile the store was created with (stores before profiles existed: balanced)."""
+        return str(self.attrs.get("monolidar", {}).get("compression", DEFAULT_COMPRESSION))
 
     @property
     def n_shards_allocated(self) -> int:

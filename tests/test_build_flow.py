@@ -160,6 +160,28 @@ def test_rebuild_with_another_config_is_refused_unless_overwrite(prefect_harness
     assert res["sensor"] == "vlp16" and res["status"]["ok"] == 5
 
 
+@pytest.mark.slow  # ~12 s: real flow runs (keeps `-m 'not slow'` under 3 min)
+def test_fast_compression_profile_is_kept_by_resumes_and_readable_by_plain_zarr(prefect_harness, small_images,
+                                                                                tiny_teacher_onnx, tmp_path):
+    import zarr
+
+    store = tmp_path / "fast.zarr"
+    first = run_build(small_images, store, tiny_teacher_onnx, compression="fast")
+    assert first["status"]["ok"] == 5 and DatasetStore.open(store).compression == "fast"
+    before = shard_bytes(store)
+    again = run_build(small_images, store, tiny_teacher_onnx)  # no profile given: the store's own, nothing to do
+    assert again["shards_run"] == 0 and shard_bytes(store) == before
+    with pytest.raises(StoreError, match=r"another compression \(fast, not balanced\)"):
+        run_build(small_images, store, tiny_teacher_onnx, compression="balanced")
+    group = zarr.open_group(str(store), mode="r")  # plain zarr-python, no monolidar code in the read
+    for name in ("rgb", "teacher_output", "depth", "sparse"):
+        inner = group[name].metadata.codecs[0].codecs
+        assert [c.cname.value for c in inner if hasattr(c, "cname")] == ["lz4"], name
+    for index, arrays in arrays_of(store).items():
+        for name, value in arrays.items():
+            np.testing.assert_array_equal(group[name][index], value)
+
+
 @pytest.mark.slow  # ~8 s: a real flow run (keeps `-m 'not slow'` under 3 min)
 def test_transient_io_errors_are_retried(prefect_harness, small_images, tiny_teacher_onnx, tmp_path, monkeypatch):
     import tasks.build_tasks as bt

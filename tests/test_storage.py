@@ -376,8 +376,17 @@ def test_format_1_store_asks_for_a_rebuild(tmp_path):
 
 
 def test_unknown_compression_profile_is_refused(tmp_path):
-    with pytest.raises(StoreError, match="unknown compression 'tiny'; expected one of balanced, small"):
+    with pytest.raises(StoreError, match="unknown compression 'tiny'; expected one of balanced, fast, small"):
         new_store(tmp_path / "ds", compression="tiny")
+
+
+def test_compression_type_lists_every_profile():
+    """The flow's typed parameter (the Prefect UI's dropdown) offers exactly the profiles the store knows."""
+    from typing import get_args
+
+    from storage.compression import COMPRESSION, DEFAULT_COMPRESSION, Compression
+
+    assert sorted(get_args(Compression)) == sorted(COMPRESSION) and DEFAULT_COMPRESSION in COMPRESSION
 
 
 def test_read_only_store_reads_through_tensorstore_with_checksums(tmp_path):

@@ -1,0 +1,57 @@
+"""The store's compression profiles: which standard codecs each array is written with (one place; the store,
+the build flow and the CLI read them from here, and this module imports nothing heavy so ``monolidar --help``
+stays fast)."""
+from __future__ import annotations
+
+from typing import Literal
+
+# Standard Blosc (zstd or lz4 inside) + crc32c per chunk, chosen by measurement on the bench_loader
+# samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
+# (bench/bench_build.py --stages). Two profiles:
+# * "balanced" (default, what a build writes): blosc zstd level 1 in 256 KiB blocks, bit shuffle for uint8 RGB,
+#   the float16 teacher output and the uint16 depth, no shuffle for sparse (mostly zeros: zstd's own matches
+#   beat a shuffle there, 48 vs 57 KiB and 1.2 vs 1.8 ms per sample, decoding 0.6 vs 0.8 ms). Per simulated
+#   352x1216 sample on one core: ~11 ms to encode rgb+teacher+depth+sparse (zstd 2 with byte shuffle for the
+#   teacher output saved 2.5 % of its bytes for 2.3x its time; level 5 with blosc's automatic block size took
+#   ~70-90 ms for 1-6 % fewer bytes); decoding costs the same. Depth in the KITTI uint16 form (format 3)
+#   takes 434 KiB against 1061 KiB as float32 (the float32 mantissa below the teacher's float16 precision
+#   was noise to the compressor).
+# * "fast": blosc lz4 (level 1, 256 KiB blocks) with the same shuffles, byte shuffle for the teacher output
+#   and the depth: ~2.4x less CPU to encode (3.1 vs 7.4 ms per 352x1216 sample on one core) and ~2x less to
+#   decode (rgb 1.0 vs 1.7 ms), for ~1.2x the bytes (1989 vs 1645 KiB per sample; measured on 8 simulated
+#   HDL-64E samples). For builds whose CPU, not storage, is the limit (a fast GPU teacher with few cores
+#   beside it) and for training readers that decode every sample every epoch.
+# * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
+#   ~6-10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's
+#   ~30 ms per-sample budget; meant for archiving or publishing a finished dataset.
+# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle, blocksize;
+# 0 = blosc chooses)
+COMPRESSION = {
+    "balanced": {
+        "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
+        "teacher_output": (None, "zstd", 1, "bitshuffle", 256 << 10),
+        "depth": (None, "zstd", 1, "bitshuffle", 256 << 10),
+        "sparse": (None, "zstd", 1, "noshuffle", 256 << 10),
+        "K": (None, "zstd", 1, "shuffle", 0),
+        "lidar_pose": (None, "zstd", 1, "shuffle", 0),
+    },
+    "fast": {
+        "rgb": (None, "lz4", 1, "bitshuffle", 256 << 10),
+        "teacher_output": (None, "lz4", 1, "shuffle", 256 << 10),
+        "depth": (None, "lz4", 1, "shuffle", 256 << 10),
+        "sparse": (None, "lz4", 1, "noshuffle", 256 << 10),
+        "K": (None, "lz4", 1, "shuffle", 0),
+        "lidar_pose": (None, "lz4", 1, "shuffle", 0),
+    },
+    "small": {
+        "rgb": ((0, 3, 1, 2), "zstd", 9, "noshuffle", 0),
+        "teacher_output": (None, "zstd", 9, "shuffle", 0),
+        "depth": (None, "zstd", 9, "bitshuffle", 0),
+        "sparse": (None, "zstd", 9, "shuffle", 0),
+        "K": (None, "zstd", 5, "shuffle", 0),
+        "lidar_pose": (None, "zstd", 5, "shuffle", 0),
+    },
+}
+DEFAULT_COMPRESSION = "balanced"
+# The profile names as a type, so the Prefect UI shows a dropdown (kept equal to COMPRESSION's keys; tested).
+Compression = Literal["balanced", "fast", "small"]
