@@ -11,8 +11,12 @@
     Target: build / teacher-only >= 0.90 at short side 126 (a teacher as fast as a GPU would be, relative
     to this box's CPU).
 
-    python bench/bench_build.py --stages --images 32
-    python bench/bench_build.py --short-side 126 518 --images 48 --images-518 8
+    python bench/bench_build.py --stages --images 32 [--compression balanced fast]
+    python bench/bench_build.py --short-side 126 518 --images 48 --images-518 8 [--compression balanced fast]
+
+``--compression`` lists store profiles (storage/compression.py) to measure side by side: in (a) the same
+arrays are written once per profile (ABBA), in (b) each round alternates the teacher-only run with one build
+per profile.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "ERROR")
 os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")  # a loaded box starts it slowly
 
+from storage.compression import COMPRESSION, DEFAULT_COMPRESSION  # noqa: E402
 from synth_images import write_images  # noqa: E402
 
 
@@ -77,7 +82,7 @@ class StageClock:
         return self.wrap(stage, fn)(*a, **k)
 
 
-def stage_breakdown(images: list[Path], h: int, w: int, work: Path) -> None:
+def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: list[str]) -> None:
     import storage.store as st
     import tasks.lidar as lidar
     import tasks.sample_sim as sim
@@ -90,7 +95,23 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path) -> None:
     from tasks.sensors import load_profile
     from tasks.shard_writer import _shard_buffers, teacher_at_canvas
 
+    import contextlib
+
+    import cv2
+
     clock = StageClock()
+    # OpenCV threads as the build has them: the simulation pool's workers run with one (tasks.sim_pool), the
+    # teacher's decode threads in the flow process with OpenCV's default.
+    default_threads = cv2.getNumThreads()
+
+    @contextlib.contextmanager
+    def cv2_threads(n: int):
+        cv2.setNumThreads(n)
+        try:
+            yield
+        finally:
+            cv2.setNumThreads(default_threads)
+
     # Wrap the stages inside simulate_sample / simulate_lidar where they are looked up (module globals).
     for mod, name, label in [(sim, "disparity_to_depth", "depth policy"), (lidar, "grid_from_valid", "mesh"),
                              (lidar, "beam_directions", "beams"), (lidar, "cast_hits", "ray cast"),
@@ -101,9 +122,12 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path) -> None:
     profile = load_profile(cfg.sensor)
     teacher = Teacher(None)
     cache = ArrayCache(work / "cache")
-    store = st.DatasetStore.create(work / "stages.zarr", height=h, width=w, shard_size=len(images), config={},
-                                   teacher={}, sensor=cfg.sensor, code_version="bench")
-    store.ensure_shards(1)
+    stores = {}
+    for comp in profiles:  # one store per compression profile, written alternately with the same arrays
+        stores[comp] = st.DatasetStore.create(work / f"stages-{comp}.zarr", height=h, width=w,
+                                              shard_size=len(images), config={}, teacher={}, sensor=cfg.sensor,
+                                              code_version="bench", compression=comp)
+        stores[comp].ensure_shards(2)
     size = teacher.input_size(h, w)
     for rep in ("warm-up", "measured"):
         clock.cpu.clear()
@@ -116,37 +140,42 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path) -> None:
             pred = teacher.predict(net_in[None], batch_size=1)[0]  # the teacher: not counted
             key = hashlib.sha256(f"{rep}|{digest}".encode()).hexdigest()  # a fresh entry per round
             clock.run("teacher cache put", lambda: cache.put("teacher", key, compact_teacher_output(pred, h, w)))
-            canvas = clock.run("decode + fit canvas", load_fitted, data, name=str(p), canvas=(h, w))
-            t_out = clock.run("teacher cache get + upsample",
-                              lambda: teacher_at_canvas(cache.get("teacher", key), h, w))
-            t = time.process_time()
-            res = sim.simulate_sample(canvas, t_out, teacher_kind=teacher.output_kind, config=cfg, profile=profile,
-                                      seed=i)
-            clock.cpu["simulate_sample (total)"] += time.process_time() - t
+            with cv2_threads(1):
+                canvas = clock.run("decode + fit canvas", load_fitted, data, name=str(p), canvas=(h, w))
+                t_out = clock.run("teacher cache get + upsample",
+                                  lambda: teacher_at_canvas(cache.get("teacher", key), h, w))
+                t = time.process_time()
+                res = sim.simulate_sample(canvas, t_out, teacher_kind=teacher.output_kind, config=cfg,
+                                          profile=profile, seed=i)
+                clock.cpu["simulate_sample (total)"] += time.process_time() - t
             for name, a in res.arrays.items():
                 arrays[name][i] = a
             rows.append({"sample_id": f"s{i}", "source_uri": str(p), "content_hash": digest, "seed": i,
                          "status": "ok", **res.stats})
-        clock.run("store write (encode + shard + manifest)", store.write_shard, 0, arrays, rows)
+        shard = 0 if rep == "warm-up" else 1
+        for comp in (profiles if rep == "warm-up" else [*profiles, *profiles[::-1]]):  # ABBA
+            clock.run(f"store write [{comp}]", stores[comp].write_shard, shard, arrays, rows)
     n = len(images)
     total_sim = clock.cpu.pop("simulate_sample (total)")
     inner = sum(v for k, v in clock.cpu.items() if k in ("depth policy", "mesh", "beams", "ray cast", "projection",
                                                           "stats + encode"))
     clock.cpu["drops, noise, other simulation"] = total_sim - inner
+    for comp in profiles:  # each profile's shard was written twice
+        clock.cpu[f"store write [{comp}]"] /= 2
     order = ["read", "hash", "decode + fit canvas", "decode at teacher size", "teacher cache put",
              "teacher cache get + upsample", "depth policy", "mesh", "beams", "ray cast",
-             "drops, noise, other simulation", "projection", "stats + encode",
-             "store write (encode + shard + manifest)"]
+             "drops, noise, other simulation", "projection", "stats + encode"]
     print(f"(a) CPU per sample outside the teacher, {n} distinct photos, {h}x{w} canvas, {cfg.sensor}, one process:")
-    for k in order:
+    for k in order + [f"store write [{comp}]" for comp in profiles]:
         print(f"  {k:42s} {1000 * clock.cpu[k] / n:7.2f} ms")
-    total = sum(clock.cpu[k] for k in order)
-    print(f"  {'total':42s} {1000 * total / n:7.2f} ms/sample  (target <= 30)")
-    print(f"  {'total without the store write':42s} "
-          f"{1000 * (total - clock.cpu[order[-1]]) / n:7.2f} ms/sample")
-    stored = sum(f.stat().st_size for name in st.ARRAYS for f in (work / "stages.zarr" / name / "c").rglob("*")
-                 if f.is_file())
-    print(f"  store bytes per sample ({store.attrs['monolidar']['compression']} profile): {stored / n / 1024:.0f} KiB")
+    before_write = sum(clock.cpu[k] for k in order)
+    print(f"  {'total without the store write':42s} {1000 * before_write / n:7.2f} ms/sample")
+    for comp in profiles:
+        total = before_write + clock.cpu[f"store write [{comp}]"]
+        stored = sum(f.stat().st_size for name in st.ARRAYS
+                     for f in (work / f"stages-{comp}.zarr" / name / "c" / "1").rglob("*") if f.is_file())
+        print(f"  {'total, ' + comp + ' store':42s} {1000 * total / n:7.2f} ms/sample  (target <= 30); "
+              f"store bytes {stored / n / 1024:.0f} KiB/sample")
 
 
 # ------------------------------------------------------------------ (b) build vs teacher only
@@ -166,7 +195,8 @@ def teacher_only(uris: list[str], teacher: Path, h: int, w: int, batch: int) -> 
     return time.perf_counter() - t0
 
 
-def full_build(images_dir: str, teacher: Path, h: int, w: int, batch: int, shard: int, work: Path) -> tuple[float, dict]:
+def full_build(images_dir: str, teacher: Path, h: int, w: int, batch: int, shard: int, work: Path,
+               compression: str) -> tuple[float, dict]:
     from flows.build import build_dataset
     from flows.cli import ephemeral_run_settings
 
@@ -175,7 +205,7 @@ def full_build(images_dir: str, teacher: Path, h: int, w: int, batch: int, shard
     with ephemeral_run_settings():  # as `monolidar build` runs it (Prefect ephemeral mode, no flow heartbeats)
         summary = build_dataset(images=images_dir, out=str(work / "store.zarr"), teacher=str(teacher), height=h,
                                 width=w, shard_size=shard, teacher_batch_size=batch, cache_dir=str(work / "cache"),
-                                previews=0)
+                                previews=0, compression=compression)
     elapsed = time.perf_counter() - t0
     assert summary["status"]["ok"] == summary["samples"], summary
     return elapsed, summary
@@ -191,27 +221,33 @@ def ratio(short_side: int, n: int, args: argparse.Namespace, tmp: Path) -> None:
     from tasks.planning import discover_inputs
 
     uris = [i.uri for i in discover_inputs(str(img_dir))]
+    profiles = list(args.compression)
     # Warm-up (Prefect's ephemeral server, the simulation pool, Numba, ORT graph optimisation): not measured.
-    full_build(str(img_dir), teacher, args.height, args.width, args.batch, args.shard_size, tmp / "warm")
-    t_teacher, t_build, summ = [], [], None
+    full_build(str(img_dir), teacher, args.height, args.width, args.batch, args.shard_size, tmp / "warm", profiles[0])
+    t_teacher: list[float] = []
+    t_build: dict[str, list[float]] = {c: [] for c in profiles}
+    summ: dict[str, dict] = {}
     for r in range(args.rounds):
-        order = ("teacher", "build", "build", "teacher") if r % 2 == 0 else ("build", "teacher", "teacher", "build")
-        for what in order:
+        # ABBA: teacher, each profile's build, then the same in reverse (the box's drift cancels out)
+        half = ["teacher", *profiles]
+        for what in (half + half[::-1]) if r % 2 == 0 else (half[::-1] + half):
             if what == "teacher":
                 t_teacher.append(teacher_only(uris, teacher, args.height, args.width, args.batch))
             else:
-                t, summ = full_build(str(img_dir), teacher, args.height, args.width, args.batch, args.shard_size,
-                                     tmp / "run")
-                t_build.append(t)
-    tt, tb = statistics.median(t_teacher), statistics.median(t_build)
+                t, summ[what] = full_build(str(img_dir), teacher, args.height, args.width, args.batch,
+                                           args.shard_size, tmp / "run", what)
+                t_build[what].append(t)
+    tt = statistics.median(t_teacher)
     print(f"(b) short side {short_side}: {n} photos at {args.height}x{args.width}, teacher batch {args.batch}, "
           f"shards of {args.shard_size}, {len(t_teacher)} runs each (median)")
     print(f"  teacher only : {n / tt:6.3f} images/s  ({tt:.1f} s)  runs {[round(x, 1) for x in t_teacher]}")
-    print(f"  full build   : {n / tb:6.3f} images/s  ({tb:.1f} s)  runs {[round(x, 1) for x in t_build]}")
-    print(f"  shard-writer CPU {summ['write_cpu_ms_per_sample']:.1f} ms/sample; flow split: teacher load "
-          f"{summ['seconds_teacher_load']} s, plan {summ['seconds_plan']} s, shards {summ['seconds_shards']} s, "
-          f"finalize {summ['seconds_finalize']} s")
-    print(f"  ratio build / teacher-only throughput: {tt / tb:.3f}  (target >= 0.90)")
+    for comp in profiles:
+        tb, sm = statistics.median(t_build[comp]), summ[comp]
+        print(f"  build [{comp}]: {n / tb:6.3f} images/s  ({tb:.1f} s)  runs {[round(x, 1) for x in t_build[comp]]}")
+        print(f"    shard-writer CPU {sm['write_cpu_ms_per_sample']:.1f} ms/sample; flow split: teacher load "
+              f"{sm['seconds_teacher_load']} s, plan {sm['seconds_plan']} s, shards {sm['seconds_shards']} s, "
+              f"finalize {sm['seconds_finalize']} s")
+        print(f"    ratio build / teacher-only throughput: {tt / tb:.3f}  (target >= 0.90)")
 
 
 def main() -> None:
@@ -225,12 +261,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--shard-size", type=int, default=16, help="several shards, so teacher and writers overlap")
     ap.add_argument("--rounds", type=int, default=1, help="ABBA rounds")
+    ap.add_argument("--compression", nargs="+", choices=list(COMPRESSION), default=[DEFAULT_COMPRESSION],
+                    help="store profiles, measured side by side (e.g. balanced fast)")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-build-"))
     try:
         if args.stages:
-            stage_breakdown(write_images(tmp / "synth", args.images, seed=1), args.height, args.width, tmp)
+            stage_breakdown(write_images(tmp / "synth", args.images, seed=1), args.height, args.width, tmp,
+                            list(args.compression))
             return
         for side in args.short_side:
             ratio(side, args.images if side < 518 else args.images_518, args, tmp)

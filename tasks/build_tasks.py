@@ -59,7 +59,8 @@ RETRY = dict(
 # ---------------------------------------------------------------- keys
 # Version of the teacher-input preprocessing (decode + crop + resample to the network size) and of the cached
 # value's form (float16 at the network resolution); bump it when either changes, and old entries are unused.
-TEACHER_PREP_VERSION = 2
+# 3: reductions by 1.5x or more through tasks.images.area_reduce instead of OpenCV's INTER_AREA.
+TEACHER_PREP_VERSION = 3
 
 
 def teacher_key(content_hash: str, teacher: dict, config: BuildConfig) -> str:

@@ -123,6 +123,23 @@ _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}
 _AREA_FROM = 1.5
 
 
+def area_reduce(image: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Reduce ``image`` (uint8 (h, w, c), at least ~1.5x larger) to (out_h, out_w) with area averaging.
+
+    OpenCV's INTER_AREA at a non-integer ratio is its slow general path (~3 ms CPU for a 1167x337 crop to
+    672x196, ~7 ms for a 12 MP photo's crop at half scale to a 352x1216 canvas); at an integer ratio it is a
+    fast box average. So: bilinear to k times the output, k = the ratio rounded (at least 2, so that step stays
+    within 0.75-1.25x of 1:1 and barely aliases), then the k x k box average: 2-3x less CPU, 47-55 dB PSNR
+    against INTER_AREA on the bench photos (tests/test_images.py keeps a check).
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    k = max(2, round(min(w / out_w, h / out_h)))
+    upsampled = cv2.resize(image, (out_w * k, out_h * k), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(upsampled, (out_w, out_h), interpolation=cv2.INTER_AREA)  # integer ratio: box average
+
+
 def canvas_box(src_w: float, src_h: float, height: int, width: int) -> tuple[float, float, float, float]:
     """The centred region of a src_w x src_h image that a height x width canvas covers when the image is
     scaled to cover the canvas (aspect preserved): (left, top, right, bottom) in source pixels."""
@@ -144,9 +161,9 @@ def _crop_resize(a: np.ndarray, canvas: tuple[int, int], size: tuple[int, int]) 
     out_h, out_w = size
     if crop.shape[:2] == (out_h, out_w):
         return np.ascontiguousarray(crop)
-    reduction = min((x1 - x0) / out_w, (y1 - y0) / out_h)
-    interp = cv2.INTER_AREA if reduction >= _AREA_FROM else cv2.INTER_LINEAR
-    return cv2.resize(crop, (out_w, out_h), interpolation=interp)  # OpenCV reads the crop view in place
+    if min((x1 - x0) / out_w, (y1 - y0) / out_h) >= _AREA_FROM:
+        return area_reduce(crop, out_h, out_w)
+    return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)  # OpenCV reads the crop view in place
 
 
 def _dct_factor(need: float) -> int:
