@@ -114,3 +114,15 @@ def test_triangle_mask_and_tile_ranges_match_a_numpy_reference():
             for tj in range(tmin.shape[1]):
                 blk = np.s_[:, ti * SKIP_TILE:(ti + 1) * SKIP_TILE, tj * SKIP_TILE:(tj + 1) * SKIP_TILE]
                 assert tmin[ti, tj] == lo[blk].min() and tmax[ti, tj] == hi[blk].max()
+
+
+def test_grid_zeroes_out_of_range_vertices_without_touching_the_input():
+    """Vertex depths outside [min_depth_m, max_depth_m] become 0 in the grid; the caller's map keeps its values."""
+    K = np.array([[50.0, 0, 15.5], [0, 50.0, 11.5], [0, 0, 1]])
+    depth = np.full((24, 32), 10.0)
+    depth[3, 4], depth[5, 6], depth[7, 8] = 0.05, 500.0, 0.0  # too near, too far, no surface
+    before = depth.copy()
+    grid = depth_to_grid(depth, K, MeshOptions(min_depth_m=0.1, max_depth_m=120.0))
+    assert grid.depth[3, 4] == 0.0 and grid.depth[5, 6] == 0.0 and grid.depth[7, 8] == 0.0
+    assert np.count_nonzero(grid.depth) == depth.size - 3
+    np.testing.assert_array_equal(depth, before)
