@@ -66,6 +66,8 @@ def run_build(list_file: Path, work: Path, args: argparse.Namespace) -> dict:
            "--shard-size", str(args.shard_size), "--previews", "0", "--json"]
     if args.teacher:
         cmd += ["--teacher", args.teacher]
+    if args.compression:
+        cmd += ["--compression", args.compression]
     blocks0 = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock
     t0 = time.perf_counter()
     child = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -162,6 +164,7 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=352)
     ap.add_argument("--width", type=int, default=1216)
     ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--compression", default=None, help="store profile (balanced | fast | small; default balanced)")
     ap.add_argument("--teacher", default=None,
                     help="ONNX teacher (default: the embedded one); 'tiny' = a millisecond ground-plane model")
     ap.add_argument("--plan-samples", type=int, default=1_000_000)

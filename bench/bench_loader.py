@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         def store_reader(store: DatasetStore):
             def read(i: int):
                 a = store.read_arrays(i, ("rgb", "sparse", "depth"))
-                return a["rgb"], uint16_to_depth(a["sparse"]), a["depth"]
+                return a["rgb"], uint16_to_depth(a["sparse"]), uint16_to_depth(a["depth"])  # format 3: uint16
             return read
 
         def read_png(i: int):
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             def read(i: int):
                 with zarr.config.set(conf):
                     rgb, sparse, depth = (a[i] for a in arrays)
-                return rgb, uint16_to_depth(sparse), depth
+                return rgb, uint16_to_depth(sparse), uint16_to_depth(depth)
             return read
 
         readers.append((f"zarr-python[{profiles[0]}]", zarr_reader(None)))
