@@ -22,9 +22,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.failures import readable_failures
 
 from storage.cache import ArrayCache, default_cache_dir
+from storage.compression import DEFAULT_COMPRESSION, Compression
 from storage.plan import read_plan, write_plan
 from storage.root import StoreRoot, is_remote
-from storage.compression import DEFAULT_COMPRESSION, Compression
 from storage.store import DatasetStore
 from tasks.build_config import BACKENDS, BUILD_DEFAULTS, RUN_DEFAULTS, Backend, BuildConfig, SensorName
 from storage.manifest_summary import mean_ok_density, shard_state, status_counts

@@ -7,7 +7,7 @@ from typing import Literal
 
 # Standard Blosc (zstd or lz4 inside) + crc32c per chunk, chosen by measurement on the bench_loader
 # samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
-# (bench/bench_build.py --stages). Two profiles:
+# (bench/bench_build.py --stages). Three profiles:
 # * "balanced" (default, what a build writes): blosc zstd level 1 in 256 KiB blocks, bit shuffle for uint8 RGB,
 #   the float16 teacher output and the uint16 depth, no shuffle for sparse (mostly zeros: zstd's own matches
 #   beat a shuffle there, 48 vs 57 KiB and 1.2 vs 1.8 ms per sample, decoding 0.6 vs 0.8 ms). Per simulated
@@ -18,14 +18,14 @@ from typing import Literal
 #   was noise to the compressor).
 # * "fast": blosc lz4 (level 1, 256 KiB blocks) with the same shuffles, byte shuffle for the teacher output
 #   and the depth: ~2.4x less CPU to encode (3.1 vs 7.4 ms per 352x1216 sample on one core) and ~2x less to
-#   decode (rgb 1.0 vs 1.7 ms), for ~1.2x the bytes (1989 vs 1645 KiB per sample; measured on 8 simulated
-#   HDL-64E samples). For builds whose CPU, not storage, is the limit (a fast GPU teacher with few cores
+#   decode (rgb 1.0 vs 1.7 ms; the store's tensorstore reader 1.3x the samples/s in bench_loader), for ~1.2x
+#   the bytes (1989 vs 1645 KiB per sample; measured on 8 simulated HDL-64E samples). For builds whose CPU, not storage, is the limit (a fast GPU teacher with few cores
 #   beside it) and for training readers that decode every sample every epoch.
 # * "small": blosc level 9 (= zstd 22) and RGB planar (a standard transpose codec first, then no shuffle):
 #   ~6-10 % smaller overall, but 0.5-1.7 s of CPU per array and sample on writes, far over the build's
 #   ~30 ms per-sample budget; meant for archiving or publishing a finished dataset.
-# Decoding costs about the same in both. name -> (transpose order or None, cname, clevel, shuffle, blocksize;
-# 0 = blosc chooses)
+# "balanced" and "small" decode at about the same cost. name -> (transpose order or None, cname, clevel, shuffle,
+# blocksize; 0 = blosc chooses)
 COMPRESSION = {
     "balanced": {
         "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
