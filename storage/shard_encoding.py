@@ -45,16 +45,25 @@ def _inner_steps(codecs: tuple[Any, ...]) -> list | None:
     return steps if "bytes" in kinds else None
 
 
-def _with_crc32c(data: bytes) -> bytes:
+def _crc32c(data: bytes) -> bytes:
     import google_crc32c
 
-    return data + np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
+    return np.uint32(google_crc32c.value(data)).astype("<u4").tobytes()
 
 
-def _encode_chunk(chunk: np.ndarray, steps: list) -> bytes:
+def _with_crc32c(data: bytes) -> bytes:
+    return data + _crc32c(data)
+
+
+def _encode_chunk(chunk: np.ndarray, steps: list) -> list[bytes]:
+    """The chunk's encoded bytes, as pieces to concatenate: a trailing checksum stays a piece of its own, so
+    the compressed data is copied once, when the whole shard is joined (not once more per chunk)."""
     array: np.ndarray = chunk
     data: Any = b""
+    pieces: list[bytes] | None = None
     for kind, arg in steps:
+        if pieces is not None:  # a step after the checksum (no chain written here has one): join first
+            data, pieces = b"".join(pieces), None
         if kind == "transpose":
             array = array.transpose(arg)
         elif kind == "bytes":  # C order, little endian, as a flat byte view (no copy when already so)
@@ -62,8 +71,9 @@ def _encode_chunk(chunk: np.ndarray, steps: list) -> bytes:
         elif kind == "blosc":
             data = arg.encode(data)
         else:  # crc32c
-            data = _with_crc32c(bytes(data))
-    return bytes(data)
+            data = bytes(data)
+            pieces = [data, _crc32c(data)]
+    return pieces if pieces is not None else [bytes(data)]
 
 
 def _sharding_codec(array: Any) -> Any | None:
@@ -106,14 +116,15 @@ def encode_shard(array: Any, data: np.ndarray) -> bytes | None:
     try:
         for coords in morton_order_iter(per_shard):
             chunk = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunk_shape))]
-            encoded = _encode_chunk(chunk, steps)
-            index[coords] = (offset, len(encoded))
-            parts.append(encoded)
-            offset += len(encoded)
+            pieces = _encode_chunk(chunk, steps)
+            size = sum(len(p) for p in pieces)
+            index[coords] = (offset, size)
+            parts.extend(pieces)
+            offset += size
     finally:
         numcodecs.blosc.use_threads = threads
     index_bytes = _with_crc32c(index.astype("<u8").tobytes())
     if sharding.index_location.value == "start":
         index[index[..., 0] != MAX_UINT64, 0] += np.uint64(len(index_bytes))
-        return _with_crc32c(index.astype("<u8").tobytes()) + b"".join(parts)
-    return b"".join(parts) + index_bytes
+        return b"".join([_with_crc32c(index.astype("<u8").tobytes()), *parts])
+    return b"".join([*parts, index_bytes])  # one copy of the shard's bytes
