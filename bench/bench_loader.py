@@ -28,7 +28,8 @@ sys.path.insert(0, str(REPO))
 
 from storage.kitti import KITTI_CROP, crop_kitti, find_kitti_dc, write_kitti_dc  # noqa: E402
 from storage.pngio import depth_to_uint16, read_depth_png, read_rgb, uint16_to_depth  # noqa: E402
-from storage.store import COMPRESSION, DatasetStore  # noqa: E402
+from storage.compression import COMPRESSION  # noqa: E402
+from storage.store import DatasetStore  # noqa: E402
 from tasks.sparsify import sparsify_scanlines  # noqa: E402
 
 KITTI_GT = REPO.parent / "shared" / "data" / "kitti_gt"

@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 
 from storage import manifest as mf
-from storage.compression import COMPRESSION, DEFAULT_COMPRESSION, Compression  # noqa: F401  (re-exported)
+from storage.compression import COMPRESSION, DEFAULT_COMPRESSION
 from storage.pngio import depth_metres, depth_to_uint16, uint16_to_depth
 from storage.root import StoreRoot
 from storage.shard_encoding import encode_shard

@@ -228,8 +228,8 @@ def _values_by_order_key() -> np.ndarray:
     keys = np.where(bits & 0x8000, 0xFFFF - bits, bits | 0x8000)
     by_key = np.empty(1 << 16, np.float32)
     by_key[keys] = F32_OF_F16_BITS
-    negative_half = np.arange(1 << 16) < 0x8000
-    by_key[~np.isfinite(by_key)] = np.where(negative_half, -np.inf, np.inf)[~np.isfinite(by_key)]
+    nonfinite = ~np.isfinite(by_key)
+    by_key[nonfinite] = np.where(np.arange(1 << 16) < 0x8000, -np.inf, np.inf)[nonfinite]
     return by_key
 
 

@@ -44,21 +44,20 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def lower_priority(nice: int) -> str:
+def lower_priority(nice: int) -> None:
     """Lower this process's CPU priority: ``SCHED_IDLE`` (runs only when a core would otherwise idle) where the
-    OS has it, else ``nice``; returns "idle", "nice" or "normal" (not permitted, or nice == 0)."""
+    OS has it, else ``nice``; ``nice`` == 0 leaves it as it is."""
     if not nice:
-        return "normal"
+        return
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # lowering is always permitted on Linux
-        return "idle"
+        return
     except (AttributeError, OSError):  # not Linux, or a sandbox that refuses it
         pass
     try:
         os.nice(nice)
-        return "nice"
     except OSError:  # not permitted here: run at normal priority
-        return "normal"
+        pass
 
 
 def _init_worker(nice: int) -> None:

@@ -8,7 +8,8 @@ import zarr
 from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec
 
 from storage.shard_encoding import encode_shard
-from storage.store import ARRAYS, COMPRESSION, DatasetStore
+from storage.compression import COMPRESSION
+from storage.store import ARRAYS, DatasetStore
 from tests.helpers import H, W, make_arrays, make_rows
 
 
