@@ -99,11 +99,12 @@ def _beams_reference(profile, pose, K, h, w, seed):
     from tasks.provenance import derive_seed
 
     rng = np.random.default_rng(derive_seed(seed, "lidar-rays"))
-    az_c, half, el_lo, el_hi = lidar._image_sector(pose, K, h, w)
+    border = lidar._border_points(K, h, w)
+    az_c, half, el_lo, el_hi = lidar._image_sector(pose, border)
     for off in (profile.vertical_offsets_m.min(), profile.vertical_offsets_m.max()):
         shifted = pose.copy()
         shifted[:3, 3] += off * pose[:3, 2]
-        _, _, lo, hi = lidar._image_sector(shifted, K, h, w)
+        _, _, lo, hi = lidar._image_sector(shifted, border)
         el_lo, el_hi = min(el_lo, lo), max(el_hi, hi)
     step = profile.azimuth_step_deg
     margin = lidar.SECTOR_MARGIN_DEG + 2 * step
