@@ -30,7 +30,7 @@ from storage.cache import ArrayCache
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
 from tasks.float16 import to_float16
-from tasks.images import load_fitted
+from tasks.images import load_fitted, opencv_single_threaded
 from tasks.planning import read_bytes
 from tasks.provenance import stable_hash
 from tasks.shard_writer import simulate_and_write_shard
@@ -225,7 +225,8 @@ def _decoded_for_teacher(todo: list[tuple[str, str, bytes]], cfg: BuildConfig, s
         except InputError as exc:
             return exc
 
-    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
+    with opencv_single_threaded(), \
+            ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
         for (uri, key, _), image in zip(todo, pool.map(decode, todo)):
             if isinstance(image, InputError):
                 out[uri] = {"status": "quarantined", "reason": str(image), "content_hash": out[uri]["content_hash"]}

@@ -96,8 +96,11 @@ def get_pool(workers: int, *, nice: int = SIM_NICE) -> ProcessPoolExecutor:
 def run_in_pool(workers: int, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Run ``fn(*args, **kwargs)`` in the simulation pool (``workers`` > 0) or here (0) and return its result.
     Exceptions raised by ``fn`` propagate unchanged (they pickle: MonolidarError subclasses do)."""
-    if workers <= 0:
-        return fn(*args, **kwargs)
+    if workers <= 0:  # here, beside other shard tasks in threads: they are the parallelism, as workers are
+        from tasks.images import opencv_single_threaded
+
+        with opencv_single_threaded():
+            return fn(*args, **kwargs)
     fut: Future = get_pool(workers).submit(fn, *args, **kwargs)
     try:
         return fut.result()

@@ -230,3 +230,36 @@ def test_area_reduce_matches_opencv_area_filter(ratio):
         mse = np.mean((out.astype(np.float64) - ref) ** 2)
         assert 10 * np.log10(255.0**2 / mse) > 45.0, path  # measured 48-57 dB; bilinear alone 30-46 dB
         np.testing.assert_array_equal(out, area_reduce(photo, out_h, out_w))
+
+
+def test_opencv_single_threaded_is_shared_and_restored():
+    """Concurrent users share the one-thread setting; it is restored only when the last one leaves, and the
+    pixels do not depend on it."""
+    import threading
+
+    import cv2
+
+    from tasks.images import load_fitted, opencv_single_threaded
+
+    photo = np.random.default_rng(0).integers(0, 256, (300, 800, 3), dtype=np.uint8)
+    data = _encode(Image.fromarray(photo), "JPEG", quality=90)
+    cv2.setNumThreads(2)
+    reference = load_fitted(data, name="p.jpg", canvas=(64, 256), size=(32, 96))
+    inside, release = threading.Event(), threading.Event()
+
+    def other_user():
+        with opencv_single_threaded():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_user)
+    with opencv_single_threaded():
+        assert cv2.getNumThreads() == 1
+        t.start()
+        assert inside.wait(10)
+        same = load_fitted(data, name="p.jpg", canvas=(64, 256), size=(32, 96))
+    assert cv2.getNumThreads() == 1  # the other thread is still inside
+    release.set()
+    t.join(10)
+    assert cv2.getNumThreads() == 2
+    assert same.tobytes() == reference.tobytes()
