@@ -91,7 +91,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
     from tasks.build_config import BuildConfig
     from tasks.build_tasks import compact_teacher_output
     from tasks.images import load_fitted
-    from tasks.planning import read_bytes
+    from storage.root import read_uri
     from tasks.sensors import load_profile
     from tasks.shard_writer import _shard_buffers, teacher_at_canvas
 
@@ -134,7 +134,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
         arrays = _shard_buffers(len(images), h, w)
         rows = []
         for i, p in enumerate(images):
-            data = clock.run("read", read_bytes, str(p))
+            data = clock.run("read", read_uri, str(p))
             digest = clock.run("hash", lambda d: hashlib.sha256(d).hexdigest(), data)
             net_in = clock.run("decode at teacher size", load_fitted, data, name=str(p), canvas=(h, w), size=size)
             pred = teacher.predict(net_in[None], batch_size=1)[0]  # the teacher: not counted
@@ -182,13 +182,13 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
 def teacher_only(uris: list[str], teacher: Path, h: int, w: int, batch: int) -> float:
     from model.teacher import Teacher
     from tasks.images import load_fitted
-    from tasks.planning import read_bytes
+    from storage.root import read_uri
 
     t0 = time.perf_counter()
     model = Teacher(teacher)
     size = model.input_size(h, w)
     for i in range(0, len(uris), batch):
-        chunk = [load_fitted(read_bytes(u), name=u, canvas=(h, w), size=size) for u in uris[i:i + batch]]
+        chunk = [load_fitted(read_uri(u), name=u, canvas=(h, w), size=size) for u in uris[i:i + batch]]
         while len(chunk) < batch:
             chunk.append(chunk[-1])
         model.predict(np.stack(chunk), batch_size=batch)

@@ -27,11 +27,11 @@ from prefect import get_run_logger, task
 from prefect.tasks import exponential_backoff
 
 from storage.cache import ArrayCache
+from storage.root import read_uris
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
 from tasks.float16 import to_float16
 from tasks.images import load_fitted, opencv_single_threaded
-from tasks.planning import read_bytes
 from tasks.provenance import stable_hash
 from tasks.shard_writer import simulate_and_write_shard
 from tasks.sim_pool import run_in_pool
@@ -247,14 +247,10 @@ def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: di
     cache = ArrayCache(cache_dir)
     out: dict[str, dict] = {}
     todo: list[tuple[str, str, bytes]] = []
-    for uri in dict.fromkeys(s["uri"] for s in samples):
-        try:
-            data = read_bytes(uri)
-        except FileNotFoundError:
-            out[uri] = {"status": "quarantined", "reason": f"{uri}: file not found"}
-            continue
-        except IsADirectoryError:
-            out[uri] = {"status": "quarantined", "reason": f"{uri}: is a directory"}
+    for uri, data in read_uris(s["uri"] for s in samples).items():  # remote inputs fetched concurrently
+        if isinstance(data, OSError):
+            why = "is a directory" if isinstance(data, IsADirectoryError) else "file not found"
+            out[uri] = {"status": "quarantined", "reason": f"{uri}: {why}"}
             continue
         content_hash = hashlib.sha256(data).hexdigest()
         key = teacher_key(content_hash, teacher, cfg)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
+from storage.root import is_remote
 from tasks.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,10 +56,6 @@ class Plan:
         return 1 + max((s.shard for s in self.samples), default=-1)
 
 
-def _is_remote(spec: str) -> bool:
-    return "://" in spec and not spec.startswith("file://")
-
-
 def _fs_and_path(spec: str):
     import fsspec
 
@@ -97,7 +93,7 @@ def discover_inputs(spec: str) -> list[InputImage]:
         fs, pattern = _fs_and_path(spec)
         matches = sorted(p for p in fs.glob(pattern) if p.lower().endswith(IMAGE_SUFFIXES))
         root = pattern.split("*")[0].split("?")[0].split("[")[0].rsplit("/", 1)[0]
-        proto = spec.split("://", 1)[0] + "://" if _is_remote(spec) else ""
+        proto = spec.split("://", 1)[0] + "://" if is_remote(spec) else ""
         items = [InputImage(key=p[len(root):].lstrip("/") or p, uri=proto + p) for p in matches]
     else:
         fs, root = _fs_and_path(spec)
@@ -105,7 +101,7 @@ def discover_inputs(spec: str) -> list[InputImage]:
             raise InputError(f"{spec}: input folder does not exist")
         if not fs.isdir(root):
             raise InputError(f"{spec}: not a folder, glob, or .parquet/.txt list of images")
-        proto = spec.split("://", 1)[0] + "://" if _is_remote(spec) else ""
+        proto = spec.split("://", 1)[0] + "://" if is_remote(spec) else ""
         files = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_SUFFIXES))
         root_s = root.rstrip("/")
         items = [InputImage(key=p[len(root_s):].lstrip("/"), uri=proto + p) for p in files]
@@ -163,19 +159,3 @@ def plan_shards(
             n_new += 1
     new_shards = sorted({s.shard for s in samples[len(kept):]})
     return Plan(shard_size=shard_size, samples=samples, new_shards=new_shards, removed_keys=removed)
-
-
-def resolve_local(uri: str) -> str:
-    """Strip ``file://`` so local paths open directly."""
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
-def read_bytes(uri: str) -> bytes:
-    """Read an input's bytes from a local path or any fsspec URL (network errors propagate as OSError
-    so the calling task's retries apply)."""
-    if _is_remote(uri):
-        import fsspec
-
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
-    return Path(resolve_local(uri)).read_bytes()

@@ -14,12 +14,12 @@ import time
 import numpy as np
 
 from storage.cache import ArrayCache
+from storage.root import is_remote, read_uris
 from storage.store import ARRAYS, DatasetStore, sample_shape
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
 from tasks.float16 import float16_to_float32, to_float16
 from tasks.images import load_fitted
-from tasks.planning import read_bytes
 
 
 def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -65,6 +65,10 @@ def simulate_and_write_shard(
     profile = load_profile(cfg.sensor)
     store = DatasetStore.open(store_path, mode="r+")
     arrays = _shard_buffers(len(samples), cfg.height, cfg.width)
+    # Remote inputs of the shard in one concurrent batch (storage.root.read_uris); local ones one at a time below,
+    # so a shard of large local photos is never all in memory at once.
+    fetched = read_uris(u for u in dict.fromkeys(s["uri"] for s in samples)
+                        if is_remote(u) and prepared[u]["status"] == "ok")
     rows = []
     for i, s in enumerate(samples):
         uri = s["uri"]
@@ -87,10 +91,9 @@ def simulate_and_write_shard(
             row.update(status="quarantined", reason=info["reason"])
             continue
         try:
-            try:
-                data = read_bytes(uri)
-            except (FileNotFoundError, IsADirectoryError):
-                raise InputError(f"{uri}: file not found") from None
+            data = fetched[uri] if uri in fetched else read_uris([uri])[uri]
+            if isinstance(data, OSError):
+                raise InputError(f"{uri}: file not found")
             if hashlib.sha256(data).hexdigest() != info["content_hash"]:
                 raise InputError(f"{uri}: file changed during the build (content hash differs); build again")
             canvas = load_fitted(data, name=uri, canvas=(cfg.height, cfg.width))

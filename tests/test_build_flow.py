@@ -186,16 +186,18 @@ def test_fast_compression_profile_is_kept_by_resumes_and_readable_by_plain_zarr(
 def test_transient_io_errors_are_retried(prefect_harness, small_images, tiny_teacher_onnx, tmp_path, monkeypatch):
     import tasks.build_tasks as bt
 
-    real_read = bt.read_bytes
+    real_read = bt.read_uris
     calls: dict[str, int] = {}
 
-    def flaky(uri: str) -> bytes:  # every input fails once, like a dropped network read
-        calls[uri] = calls.get(uri, 0) + 1
-        if calls[uri] == 1:
-            raise ConnectionResetError(f"{uri}: connection reset by peer")
-        return real_read(uri)
+    def flaky(uris) -> dict:  # every input fails once, like a dropped network read
+        uris = list(uris)
+        for uri in uris:
+            calls[uri] = calls.get(uri, 0) + 1
+            if calls[uri] == 1:
+                raise ConnectionResetError(f"{uri}: connection reset by peer")
+        return real_read(uris)
 
-    monkeypatch.setattr(bt, "read_bytes", flaky)
+    monkeypatch.setattr(bt, "read_uris", flaky)
     res = run_build(small_images, tmp_path / "flaky.zarr", tiny_teacher_onnx)
     assert res["status"]["ok"] == 5 and res["failed_shards"] == []
     assert max(calls.values()) >= 2

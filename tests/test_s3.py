@@ -176,3 +176,30 @@ def test_dask_build_on_s3_then_verify_and_repair(s3_server, prefect_harness, sma
     # repaired to the bytes of the undamaged build (name the objects that differ, not megabytes of bytes)
     differ = sorted(k for k in objects.keys() | after.keys() if objects.get(k) != after.get(k))
     assert not differ, _explain(differ, objects, after)
+
+
+@pytest.mark.slow
+def test_build_from_photos_in_a_bucket_equals_the_local_build(s3_server, prefect_harness, small_images,
+                                                                tiny_teacher_onnx, tmp_path):
+    """Inputs on S3 (read in one concurrent batch per shard and stage) give the same shard bytes as the same
+    photos on local disk: the sample ids come from the names under the folder, not from where it lives."""
+    from storage.root import read_uris
+    from tests.helpers import run_build, shard_bytes
+
+    fs = _s3fs()
+    photos = sorted(p for p in Path(small_images).iterdir() if p.is_file())
+    for p in photos:
+        fs.pipe_file(f"bucket/photos/{p.name}", p.read_bytes())
+    got = read_uris([f"s3://bucket/photos/{p.name}" for p in photos] + ["s3://bucket/photos/gone.jpg"])
+    assert [got[f"s3://bucket/photos/{p.name}"] for p in photos] == [p.read_bytes() for p in photos]
+    assert isinstance(got["s3://bucket/photos/gone.jpg"], FileNotFoundError)
+
+    local = run_build(small_images, tmp_path / "local.zarr", tiny_teacher_onnx, cache_dir=str(tmp_path / "c1"))
+    remote = run_build("s3://bucket/photos/", tmp_path / "remote.zarr", tiny_teacher_onnx,
+                       cache_dir=str(tmp_path / "c2"))
+    assert remote["status"] == local["status"] and remote["teacher_computed"] == local["teacher_computed"]
+    a, b = shard_bytes(tmp_path / "local.zarr"), shard_bytes(tmp_path / "remote.zarr")
+    arrays = sorted(k for k in a if "/c/" in k)
+    assert arrays and [a[k] for k in arrays] == [b[k] for k in arrays]  # manifests differ only in source_uri
+    uris = DatasetStore.open(tmp_path / "remote.zarr").manifest().column("source_uri").to_pylist()
+    assert all(u.startswith("s3://bucket/photos/") for u in uris)
