@@ -203,3 +203,9 @@ def test_build_from_photos_in_a_bucket_equals_the_local_build(s3_server, prefect
     assert arrays and [a[k] for k in arrays] == [b[k] for k in arrays]  # manifests differ only in source_uri
     uris = DatasetStore.open(tmp_path / "remote.zarr").manifest().column("source_uri").to_pylist()
     assert all(u.startswith("s3://bucket/photos/") for u in uris)
+
+    # verify --inputs re-reads the bucket's photos (one batch per shard) and names the one replaced since
+    assert verify_store(tmp_path / "remote.zarr", inputs=True, mark=False).ok
+    fs.pipe_file(f"bucket/photos/{photos[0].name}", photos[1].read_bytes())
+    report = verify_store(tmp_path / "remote.zarr", inputs=True, mark=False)
+    assert [c["uri"] for c in report.inputs_changed] == [f"s3://bucket/photos/{photos[0].name}"]
