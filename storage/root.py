@@ -185,6 +185,17 @@ class StoreRoot:
             return
         self.fs.pipe_file(self._fs_path(rel), data)  # one PUT: atomic on object stores
 
+    def write_many(self, files: dict[str, bytes], *, durable: bool = True) -> None:
+        """``write_bytes`` for several files; on an object store their PUTs are issued together (fsspec's
+        batched ``pipe``: one round trip of latency for all of them, not one each). Each file is published
+        whole, in no particular order among them: callers order what must come after (a commit record) with
+        a separate call."""
+        if self.path is not None or len(files) < 2:
+            for rel, data in files.items():
+                self.write_bytes(rel, data, durable=durable)
+            return
+        self.fs.pipe({self._fs_path(rel): data for rel, data in files.items()})
+
     def create_exclusive(self, rel: str, data: bytes) -> bool:
         """Create ``rel`` with ``data`` only if it does not exist; False if it does (someone else holds it)."""
         if self.path is not None:
