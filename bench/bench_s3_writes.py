@@ -5,7 +5,8 @@ TCP proxy in front of its S3 port that holds the first packet of every request f
 stand-in for a cloud object store's round trip), then writes ``--shards`` shards of simulated-size arrays
 (random data: the encode cost is not what is measured) with ``DatasetStore.write_shard`` through the proxy.
 ``--code DIR`` runs the same with another checkout's ``storage`` package (e.g. a worktree of an earlier
-commit), for side-by-side runs; the printed requests are counted by the proxy.
+commit), for side-by-side runs; the printed requests are counted by the proxy. Then reads the whole manifest back, as a reader opening
+the store does.
 
     python bench/bench_s3_writes.py --latency-ms 40 [--code /path/to/older/checkout]
 """
@@ -98,7 +99,7 @@ def start_seaweed(data: Path) -> tuple[subprocess.Popen, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--latency-ms", type=float, default=40.0)
-    ap.add_argument("--shards", type=int, default=6)
+    ap.add_argument("--shards", type=int, default=11)
     ap.add_argument("--shard-size", type=int, default=16)
     ap.add_argument("--height", type=int, default=176)
     ap.add_argument("--width", type=int, default=608)
@@ -144,6 +145,13 @@ def main() -> None:
             print(f"write_shard to S3 through a {args.latency_ms:.0f} ms proxy, code {args.code}, {h}x{w}, shards of "
                   f"{n}: median {1000 * float(np.median(times)):.0f} ms per shard, {int(np.median(reqs))} requests "
                   f"per shard")
+            reads = []
+            for _ in range(3):  # what a reader (the torch Dataset, inspect, finalize) does first: the whole manifest
+                reader = DatasetStore.open("s3://bucket/bench.zarr")
+                t0 = time.perf_counter()
+                assert reader.manifest().num_rows == n * (args.shards + 1)
+                reads.append(time.perf_counter() - t0)
+            print(f"manifest() of {args.shards + 1} parts: median {1000 * float(np.median(reads)):.0f} ms")
         finally:
             proc.kill()
             proc.wait()

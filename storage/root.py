@@ -162,6 +162,27 @@ class StoreRoot:
         except OSError as exc:  # s3fs maps NoSuchKey to FileNotFoundError; anything else is a real error
             raise OSError(f"{self.full(rel)}: {exc}") from exc
 
+    def read_many(self, rels: list[str]) -> dict[str, bytes | FileNotFoundError]:
+        """Whole contents of several files, keyed by ``rel`` (an absent one maps to its FileNotFoundError); on
+        an object store fetched concurrently (fsspec's batched ``cat``) instead of one round trip each."""
+        if self.path is not None or len(rels) < 2:
+            out: dict[str, bytes | FileNotFoundError] = {}
+            for rel in rels:
+                try:
+                    out[rel] = self.read_bytes(rel)
+                except FileNotFoundError as exc:
+                    out[rel] = exc
+            return out
+        paths = {self._fs_path(rel): rel for rel in rels}
+        got = self.fs.cat(list(paths), on_error="return")
+        out = {}
+        for path, rel in paths.items():
+            value = got.get(path, FileNotFoundError(self.full(rel)))
+            if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
+                raise OSError(f"{self.full(rel)}: {value}") from value
+            out[rel] = value
+        return out
+
     def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         """Publish a whole file: readers see the old file, no file, or the complete new one.
 

@@ -119,6 +119,24 @@ def test_store_on_s3_round_trip_lock_and_verify(s3_server):
     assert DatasetStore.open(url).complete_shards() == []  # un-committed: readers no longer see it
 
 
+@pytest.mark.slow
+def test_remote_manifest_is_read_in_batches_with_the_same_rows(s3_server):
+    import pyarrow as pa
+
+    url = "s3://bucket/parts.zarr"
+    store = DatasetStore.create(url, height=12, width=20, shard_size=S, config={}, teacher={"sha256": "a"},
+                                sensor="x", code_version="t")
+    store.ensure_shards(3)
+    for k in range(3):
+        store.write_shard(k, make_arrays(S, k), make_rows(k, S))
+    one_by_one = pa.concat_tables([DatasetStore.open(url).manifest_part(k) for k in range(3)])
+    merged = DatasetStore.open(url).manifest()
+    assert merged.num_rows == 3 * S and merged.select(one_by_one.column_names).equals(one_by_one)
+    blobs = store.root.read_many(["manifest/shard-00000.parquet", "manifest/shard-00009.parquet"])
+    assert isinstance(blobs["manifest/shard-00009.parquet"], FileNotFoundError)
+    assert blobs["manifest/shard-00000.parquet"] == store.root.read_bytes("manifest/shard-00000.parquet")
+
+
 def _explain(keys: list[str], before: dict, after: dict) -> str:
     """Which objects differ and, for manifest parts, which columns."""
     import io
