@@ -6,7 +6,7 @@ stand-in for a cloud object store's round trip), then writes ``--shards`` shards
 (random data: the encode cost is not what is measured) with ``DatasetStore.write_shard`` through the proxy.
 ``--code DIR`` runs the same with another checkout's ``storage`` package (e.g. a worktree of an earlier
 commit), for side-by-side runs; the printed requests are counted by the proxy. Then reads the whole manifest back, as a reader opening
-the store does.
+the store does, and verifies the store.
 
     python bench/bench_s3_writes.py --latency-ms 40 [--code /path/to/older/checkout]
 """
@@ -152,6 +152,11 @@ def main() -> None:
                 assert reader.manifest().num_rows == n * (args.shards + 1)
                 reads.append(time.perf_counter() - t0)
             print(f"manifest() of {args.shards + 1} parts: median {1000 * float(np.median(reads)):.0f} ms")
+            from storage.verify import verify_store
+
+            t0 = time.perf_counter()
+            assert verify_store("s3://bucket/bench.zarr", mark=False).ok
+            print(f"verify of {args.shards + 1} shards: {time.perf_counter() - t0:.2f} s")
         finally:
             proc.kill()
             proc.wait()

@@ -357,10 +357,10 @@ class DatasetStore:
     def write_shard(self, shard: int, arrays: dict[str, np.ndarray], rows: list[dict]) -> dict:
         """Write one whole shard: arrays (leading dim n_rows <= shard_size) + its n_rows manifest rows.
 
-        Order (crash-safe): delete this shard's manifest part -> delete and write every array's shard region
-        [shard*S, (shard+1)*S) in one assignment (rows past n_rows are padding = fill value, so a rewrite
-        with fewer rows leaves no stale samples) -> hash the written shard objects -> publish the manifest part
-        (rows + hashes + this shard's plan rows) in one whole-file write.
+        Order (crash-safe): delete this shard's manifest part -> write every array's shard region
+        [shard*S, (shard+1)*S) as one whole object replacing the old one (rows past n_rows are padding = fill
+        value, so a rewrite with fewer rows leaves no stale samples) -> hash the written shard objects -> publish
+        the manifest part (rows + hashes + this shard's plan rows) in one whole-file write.
         Same input gives byte-identical files. Returns {"shard", "n_rows", "n_ok", "manifest"}.
         """
         from storage.plan import plan_rows_for_shard

@@ -60,11 +60,18 @@ def _first_line(exc: BaseException) -> str:
 
 def check_shard(store: DatasetStore, shard: int) -> str | None:
     """None if the committed shard is sound, else the first reason it is not."""
+    # The part and the shard's array objects in one batch (concurrent GETs on object storage: verifying a store
+    # of ~16k shards paid ~14 sequential round trips per shard before).
+    part_rel = f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"
+    keys = {name: store.shard_object(name, shard) for name in ARRAYS}
+    blobs = store.root.read_many([part_rel, *keys.values()])
+    if isinstance(blobs[part_rel], FileNotFoundError):
+        return "manifest part missing"
     try:
-        part = store.manifest_part(shard)
+        part = mf.read_part_bytes(blobs[part_rel], store.root.full(part_rel))
     except StoreError as exc:
         return str(exc).split(": ", 1)[-1]
-    damaged = mf.noncanonical_part(store.root.read_bytes(f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"), part)
+    damaged = mf.noncanonical_part(blobs[part_rel], part)
     if damaged:
         return damaged
     meta = mf.integrity(part)
@@ -72,11 +79,9 @@ def check_shard(store: DatasetStore, shard: int) -> str | None:
         return "manifest part carries no content hashes (written before format 2)"
     if mf.rows_digest(part) != meta["rows_sha256"]:
         return "manifest rows differ from the ones recorded when the shard was written"
-    for name in ARRAYS:
-        key = store.shard_object(name, shard)
-        try:
-            data = store.root.read_bytes(key)
-        except FileNotFoundError:
+    for name, key in keys.items():
+        data = blobs[key]
+        if isinstance(data, FileNotFoundError):
             return f"{name}: shard object {key} is missing"
         digest = hashlib.sha256(data).hexdigest()
         if digest != meta["shard_sha256"].get(name):
