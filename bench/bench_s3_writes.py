@@ -6,7 +6,7 @@ stand-in for a cloud object store's round trip), then writes ``--shards`` shards
 (random data: the encode cost is not what is measured) with ``DatasetStore.write_shard`` through the proxy.
 ``--code DIR`` runs the same with another checkout's ``storage`` package (e.g. a worktree of an earlier
 commit), for side-by-side runs; the printed requests are counted by the proxy. Then reads the whole manifest back, as a reader opening
-the store does, and verifies the store.
+the store does, reads random samples (what training does) and verifies the store.
 
     python bench/bench_s3_writes.py --latency-ms 40 [--code /path/to/older/checkout]
 """
@@ -152,6 +152,14 @@ def main() -> None:
                 assert reader.manifest().num_rows == n * (args.shards + 1)
                 reads.append(time.perf_counter() - t0)
             print(f"manifest() of {args.shards + 1} parts: median {1000 * float(np.median(reads)):.0f} ms")
+            reader = DatasetStore.open("s3://bucket/bench.zarr")
+            reader.read_arrays(0)
+            picks = np.random.default_rng(1).choice(n * (args.shards + 1), 12, replace=False)
+            t0 = time.perf_counter()
+            for i in picks:
+                reader.read_arrays(int(i))
+            print(f"read_arrays (random samples, every array): {1000 * (time.perf_counter() - t0) / len(picks):.0f} ms "
+                  f"per sample")
             from storage.verify import verify_store
 
             t0 = time.perf_counter()

@@ -1,6 +1,8 @@
 """Object storage: a store at s3://bucket/ds.zarr on a real S3 server (SeaweedFS) started on 127.0.0.1."""
 from __future__ import annotations
 
+import hashlib
+import multiprocessing
 import os
 import shutil
 import socket
@@ -135,6 +137,21 @@ def test_remote_manifest_is_read_in_batches_with_the_same_rows(s3_server):
     blobs = store.root.read_many(["manifest/shard-00000.parquet", "manifest/shard-00009.parquet"])
     assert isinstance(blobs["manifest/shard-00009.parquet"], FileNotFoundError)
     assert blobs["manifest/shard-00000.parquet"] == store.root.read_bytes("manifest/shard-00000.parquet")
+
+    # samples of a remote store are read array by array side by side, also in a process forked after a read
+    # (a DataLoader worker), whose inherited read pool has no threads
+    reader = DatasetStore.open(url)
+    expected = make_arrays(S, 1)
+    got = reader.read_arrays(S + 1)
+    assert all(got[name].tobytes() == expected[name][1].tobytes() for name in expected)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        digests = pool.apply(_sample_digests, (reader, S + 2))
+    assert digests == {name: hashlib.sha256(expected[name][2].tobytes()).hexdigest() for name in expected}
+
+
+def _sample_digests(store: DatasetStore, index: int) -> dict[str, str]:
+    return {name: hashlib.sha256(a.tobytes()).hexdigest() for name, a in store.read_arrays(index).items()}
 
 
 def _explain(keys: list[str], before: dict, after: dict) -> str:
