@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -27,18 +24,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class LatencyProxy:
     """Forwards TCP to ``upstream``; a client's packet that starts a new request (the first one after the server
     has answered, or the first of a connection) waits ``latency_s`` first. Counts those requests."""
 
     def __init__(self, upstream: int, latency_s: float):
         self.upstream, self.latency_s, self.requests = upstream, latency_s, 0
+        from tests.helpers import free_port
+
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -75,27 +68,6 @@ class LatencyProxy:
         await asyncio.gather(to_server(), to_client(), return_exceptions=True)
 
 
-def start_seaweed(data: Path) -> tuple[subprocess.Popen, int]:
-    weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
-    ports = []
-    while len(ports) < 4:  # each server also listens on port + 10000 (gRPC)
-        p = free_port()
-        if p + 10000 < 65536:
-            try:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p + 10000))
-                ports.append(p)
-            except OSError:
-                pass
-    s3, master, volume, filer = ports
-    proc = subprocess.Popen(
-        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.port={s3}",
-         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-volume.max=0",
-         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
-        stdout=open(data / "weed.log", "w"), stderr=subprocess.STDOUT)
-    return proc, s3
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--latency-ms", type=float, default=40.0)
@@ -106,11 +78,14 @@ def main() -> None:
     ap.add_argument("--code", type=Path, default=REPO, help="checkout whose storage package writes")
     args = ap.parse_args()
     sys.path.insert(0, str(args.code.resolve()))
+    sys.path.insert(1, str(REPO))  # tests.helpers
 
     import numpy as np
 
+    from tests.helpers import start_seaweed, weed_binary  # the server the S3 tests start
+
     with tempfile.TemporaryDirectory(prefix="monolidar-s3w-") as tmp:
-        proc, s3 = start_seaweed(Path(tmp))
+        proc, s3 = start_seaweed(weed_binary() or "weed", Path(tmp))
         proxy = LatencyProxy(s3, args.latency_ms / 1000.0)
         os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret",
                            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "AWS_DEFAULT_REGION": "us-east-1"})

