@@ -44,6 +44,13 @@ _GLOB_CHARS = frozenset("*?[")
 Missing = FileNotFoundError | IsADirectoryError  # what read_uris reports per input instead of raising
 
 
+def _read_or_missing(uri: str) -> bytes | Missing:
+    try:
+        return read_uri(uri)
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        return exc
+
+
 def read_uris(uris: Iterable[str]) -> dict[str, bytes | Missing]:
     """Whole contents of several inputs (local paths, file:// or fsspec URLs), keyed by URI.
 
@@ -60,10 +67,7 @@ def read_uris(uris: Iterable[str]) -> dict[str, bytes | Missing]:
     batches: dict[int, tuple[Any, dict[str, str]]] = {}
     for uri in order:
         if not is_remote(uri) or _GLOB_CHARS & set(uri):  # a "[" in a name would be read as a glob by cat
-            try:
-                out[uri] = read_uri(uri)
-            except (FileNotFoundError, IsADirectoryError) as exc:
-                out[uri] = exc
+            out[uri] = _read_or_missing(uri)
             continue
         import fsspec
 
@@ -72,7 +76,9 @@ def read_uris(uris: Iterable[str]) -> dict[str, bytes | Missing]:
     for fs, paths in batches.values():
         got = fs.cat(list(paths), on_error="return")
         for path, uri in paths.items():
-            value = got.get(path, FileNotFoundError(f"{uri}: not returned by {type(fs).__name__}.cat"))
+            if path not in got:  # a filesystem that keys its answer another way: read this one alone
+                got[path] = _read_or_missing(uri)
+            value = got[path]
             if isinstance(value, (FileNotFoundError, IsADirectoryError)):
                 out[uri] = value
             elif isinstance(value, BaseException):
@@ -177,7 +183,12 @@ class StoreRoot:
         got = self.fs.cat(list(paths), on_error="return")
         out = {}
         for path, rel in paths.items():
-            value = got.get(path, FileNotFoundError(self.full(rel)))
+            if path not in got:  # a filesystem that keys its answer another way: read this one alone
+                try:
+                    got[path] = self.read_bytes(rel)
+                except FileNotFoundError as exc:
+                    got[path] = exc
+            value = got[path]
             if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
                 raise OSError(f"{self.full(rel)}: {value}") from value
             out[rel] = value

@@ -95,3 +95,22 @@ def test_a_remote_error_other_than_missing_raises(slow_server, monkeypatch):
     with pytest.raises(Exception) as info:
         read_uris([f"{slow_server}/p0.jpg"])
     assert not isinstance(info.value, FileNotFoundError)
+
+
+def test_any_fsspec_filesystem_and_answers_keyed_another_way(monkeypatch):
+    """A synchronous filesystem (memory://) works the same; if a filesystem's batched answer lacks a path (keyed
+    another way), that input is read alone instead of being taken for missing."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe({"/ml-test/a.jpg": b"A", "/ml-test/b.jpg": b"BB"})
+    uris = ["memory://ml-test/a.jpg", "memory://ml-test/b.jpg", "memory://ml-test/none.jpg"]
+    try:
+        for answer in ("batched", "keyed another way"):
+            if answer != "batched":
+                monkeypatch.setattr(type(fs), "cat", lambda self, paths, on_error="raise": {})
+            got = read_uris(uris)
+            assert (got[uris[0]], got[uris[1]]) == (b"A", b"BB"), answer
+            assert isinstance(got[uris[2]], FileNotFoundError), answer
+    finally:
+        fs.rm("/ml-test", recursive=True)
