@@ -26,7 +26,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from storage.kitti import KITTI_CROP, crop_kitti, find_kitti_dc, write_kitti_dc  # noqa: E402
+from storage.kitti import KITTI_CROP, find_kitti_dc, write_kitti_dc  # noqa: E402
 from storage.pngio import depth_to_uint16, read_depth_png, read_rgb, uint16_to_depth  # noqa: E402
 from storage.compression import COMPRESSION  # noqa: E402
 from storage.store import DatasetStore  # noqa: E402
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         for n, d in (("rgb", "image"), ("sparse", "velodyne_raw"), ("depth", "groundtruth_depth")):
             print(f"  {n:7s} png {du(work / 'kitti' / d) / len(samples) / 1024:7.1f} KiB/sample   " + "   ".join(
                 f"{p} {du(work / p / n) / len(samples) / 1024:7.1f}" for p in profiles))
-        print(f"  teacher_output (store only)   " + "   ".join(
+        print("  teacher_output (store only)   " + "   ".join(
             f"{p} {du(work / p / 'teacher_output') / len(samples) / 1024:7.1f}" for p in profiles))
         for p in profiles:
             arrays3 = du(*(work / p / n for n in ("rgb", "sparse", "depth")))

@@ -13,7 +13,7 @@ Remote credentials and endpoints come from the usual environment (``AWS_ACCESS_K
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,14 @@ def read_uris(uris: Iterable[str]) -> dict[str, bytes | Missing]:
             else:
                 out[uri] = bytes(value)
     return {uri: out[uri] for uri in order}
+
+
+def input_reader(uris: Iterable[str]) -> Callable[[str], bytes | Missing]:
+    """A reader of the inputs ``uris`` for a loop over them: the remote ones are fetched now, in one concurrent
+    batch (read_uris), the local ones when asked for, so a shard of large local photos is never all in memory
+    at once. The reader returns an input's bytes, or its FileNotFoundError / IsADirectoryError."""
+    fetched = read_uris(u for u in uris if is_remote(u))
+    return lambda uri: fetched[uri] if uri in fetched else _read_or_missing(uri)
 
 
 class StoreRoot:

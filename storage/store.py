@@ -416,10 +416,10 @@ class DatasetStore:
             hashes[name] = hashlib.sha256(encoded).hexdigest()
             # Not fsynced: the part's sha256 catches a lost write. On object storage the objects are PUT together
             # below (one round trip of latency, not one per array); locally each is written at once (less memory).
-            encoded_shards[self.shard_object(name, shard)] = encoded
-            if not self.root.remote:
-                self.root.write_many(encoded_shards, durable=False)
-                encoded_shards.clear()
+            if self.root.remote:
+                encoded_shards[self.shard_object(name, shard)] = encoded
+            else:
+                self.root.write_bytes(self.shard_object(name, shard), encoded, durable=False)
         self.root.write_many(encoded_shards, durable=False)  # before the manifest part that commits them
         if len(hashes) < len(checked):  # some went through zarr-python: hash what it stored
             hashes = {**self.shard_hashes(shard), **hashes}

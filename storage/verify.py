@@ -24,6 +24,7 @@ import json
 from dataclasses import dataclass, field
 
 import numpy as np
+import pyarrow as pa
 
 from storage import manifest as mf
 from storage.plan import PLAN_FILE, PLAN_SCHEMA, read_plan, write_plan
@@ -61,38 +62,44 @@ def _first_line(exc: BaseException) -> str:
 
 def check_shard(store: DatasetStore, shard: int) -> str | None:
     """None if the committed shard is sound, else the first reason it is not."""
+    return _check_shard(store, shard)[0]
+
+
+def _check_shard(store: DatasetStore, shard: int) -> tuple[str | None, pa.Table | None]:
+    """(None, the shard's manifest part) if the committed shard is sound, else (the first reason, None)."""
     # The part and the shard's array objects in one batch (concurrent GETs on object storage: verifying a store
     # of ~16k shards paid ~14 sequential round trips per shard before).
     part_rel = f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"
     keys = {name: store.shard_object(name, shard) for name in ARRAYS}
     blobs = store.root.read_many([part_rel, *keys.values()])
     if isinstance(blobs[part_rel], FileNotFoundError):
-        return "manifest part missing"
+        return "manifest part missing", None
     try:
         part = mf.read_part_bytes(blobs[part_rel], store.root.full(part_rel))
     except StoreError as exc:
-        return str(exc).split(": ", 1)[-1]
+        return str(exc).split(": ", 1)[-1], None
     damaged = mf.noncanonical_part(blobs[part_rel], part)
     if damaged:
-        return damaged
+        return damaged, None
     meta = mf.integrity(part)
     if meta["shard_sha256"] is None or meta["rows_sha256"] is None:
-        return "manifest part carries no content hashes (written before format 2)"
+        return "manifest part carries no content hashes (written before format 2)", None
     if mf.rows_digest(part) != meta["rows_sha256"]:
-        return "manifest rows differ from the ones recorded when the shard was written"
+        return "manifest rows differ from the ones recorded when the shard was written", None
     for name, key in keys.items():
         data = blobs[key]
         if isinstance(data, FileNotFoundError):
-            return f"{name}: shard object {key} is missing"
+            return f"{name}: shard object {key} is missing", None
         digest = hashlib.sha256(data).hexdigest()
         if digest != meta["shard_sha256"].get(name):
             return (f"{name}: shard object {key} ({len(data)} bytes) has sha256 {digest[:12]}, the manifest "
-                    f"recorded {str(meta['shard_sha256'].get(name))[:12]} (changed, flipped or truncated)")
+                    f"recorded {str(meta['shard_sha256'].get(name))[:12]} (changed, flipped or truncated)"), None
     try:
         arrays = store.read_shard_arrays(shard)
     except Exception as exc:  # crc32c mismatch, undecodable chunk, short index: whatever zarr raises
-        return f"a chunk does not decode ({_first_line(exc)})"
-    return _check_stats(store, shard, part, arrays)
+        return f"a chunk does not decode ({_first_line(exc)})", None
+    reason = _check_stats(store, shard, part, arrays)
+    return reason, (part if reason is None else None)
 
 
 def _check_stats(store: DatasetStore, shard: int, part, arrays: dict[str, np.ndarray]) -> str | None:
@@ -163,18 +170,17 @@ def check_plan(store: DatasetStore, committed_plans: dict[int, list[dict]]) -> t
     return problems, restored
 
 
-def check_inputs(store: DatasetStore, shard: int) -> list[dict]:
-    """Rows of an ok shard whose input file's content no longer matches the content_hash it was built from
-    (a replaced photo under the same name). Missing inputs are not reported: their samples are kept."""
-    from storage.root import is_remote, read_uris
+def check_inputs(shard: int, part: pa.Table) -> list[dict]:
+    """Rows of an ok shard (``part``: its manifest part) whose input file's content no longer matches the
+    content_hash it was built from (a replaced photo under the same name). Missing inputs are not reported:
+    their samples are kept."""
+    from storage.root import input_reader
 
     out = []
-    rows = [r for r in store.manifest_part(shard).to_pylist() if r["status"] == "ok" and r.get("content_hash")]
-    # remote inputs of the shard in one concurrent batch; local ones one at a time (read_uris explains why)
-    fetched = read_uris(r["source_uri"] for r in rows if is_remote(r["source_uri"]))
+    rows = [r for r in part.to_pylist() if r["status"] == "ok" and r.get("content_hash")]
+    read_input = input_reader(r["source_uri"] for r in rows)  # remote ones in one concurrent batch
     for r in rows:
-        uri = r["source_uri"]
-        data = fetched[uri] if uri in fetched else read_uris([uri])[uri]
+        data = read_input(r["source_uri"])
         if isinstance(data, OSError):  # missing inputs keep their samples
             continue
         digest = hashlib.sha256(data).hexdigest()
@@ -195,11 +201,10 @@ def verify_store(path, *, mark: bool = True, inputs: bool = False, progress=None
     committed_plans: dict[int, list[dict]] = {}
 
     def one(shard: int) -> tuple[int, str | None, list[dict] | None, list[dict]]:
-        reason = check_shard(store, shard)
-        if reason is not None:
+        reason, part = _check_shard(store, shard)
+        if part is None:
             return shard, reason, None, []
-        plan = mf.integrity(store.manifest_part(shard))["plan"] or []
-        return shard, reason, plan, check_inputs(store, shard) if inputs else []
+        return shard, None, mf.integrity(part)["plan"] or [], check_inputs(shard, part) if inputs else []
 
     shards = store.complete_shards()
     with contextlib.ExitStack() as stack:

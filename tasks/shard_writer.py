@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from storage.cache import ArrayCache
-from storage.root import is_remote, read_uris
+from storage.root import input_reader
 from storage.store import ARRAYS, DatasetStore, sample_shape
 from tasks.build_config import BuildConfig
 from tasks.errors import InputError, MonolidarError
@@ -65,10 +65,7 @@ def simulate_and_write_shard(
     profile = load_profile(cfg.sensor)
     store = DatasetStore.open(store_path, mode="r+")
     arrays = _shard_buffers(len(samples), cfg.height, cfg.width)
-    # Remote inputs of the shard in one concurrent batch (storage.root.read_uris); local ones one at a time below,
-    # so a shard of large local photos is never all in memory at once.
-    fetched = read_uris(u for u in dict.fromkeys(s["uri"] for s in samples)
-                        if is_remote(u) and prepared[u]["status"] == "ok")
+    read_input = input_reader(s["uri"] for s in samples if prepared[s["uri"]]["status"] == "ok")
     rows = []
     for i, s in enumerate(samples):
         uri = s["uri"]
@@ -91,7 +88,7 @@ def simulate_and_write_shard(
             row.update(status="quarantined", reason=info["reason"])
             continue
         try:
-            data = fetched[uri] if uri in fetched else read_uris([uri])[uri]
+            data = read_input(uri)
             if isinstance(data, OSError):
                 raise InputError(f"{uri}: file not found")
             if hashlib.sha256(data).hexdigest() != info["content_hash"]:

@@ -103,5 +103,5 @@ def test_editing_a_profile_reruns_its_shards_and_nothing_else_does(prefect_harne
     assert edited["shards_run"] == 3
     assert edited["lidar_density_mean"] > 2 * first["lidar_density_mean"], (first["lidar_density_mean"],
                                                                            edited["lidar_density_mean"])
-    fresh = run_build(small_images, tmp_path / "fresh.zarr", tiny_teacher_onnx, sensor_file=str(profile))
+    run_build(small_images, tmp_path / "fresh.zarr", tiny_teacher_onnx, sensor_file=str(profile))
     assert shard_bytes(out) == shard_bytes(tmp_path / "fresh.zarr")  # same as a store built from scratch
