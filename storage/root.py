@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from storage.direct_io import write_direct
 from tasks.errors import StoreError
 
 
@@ -213,10 +214,13 @@ class StoreRoot:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    if durable:
-                        f.flush()
+                # Large files (shard objects) go past the page cache when the filesystem allows it
+                # (storage.direct_io: no kernel copy into fresh cache pages, no cache pollution at scale).
+                if not write_direct(tmp, data):
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                if durable:
+                    with open(tmp, "rb+") as f:
                         os.fsync(f.fileno())  # durable before it becomes visible under the real name
                 os.replace(tmp, path)
             finally:
