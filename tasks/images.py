@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from tasks.errors import InputError
+from tasks.jpeg_rows import has_end_of_image, rows_kept, sequential_frame, with_height
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Pillow modes that hold more than 8 bits per sample (single channel); DMD3C's teacher wants 8-bit RGB.
@@ -185,15 +186,25 @@ def canvas_box(src_w: float, src_h: float, height: int, width: int) -> tuple[flo
     return left, top, left + bw, top + bh
 
 
-def _crop_resize(a: np.ndarray, canvas: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """Crop the canvas region (rounded to whole pixels) out of an upright image and resample it to size."""
-    import cv2
-
-    h, w = a.shape[:2]
+def _canvas_rows(h: int, w: int, canvas: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The canvas region of an upright h x w image in whole pixels: (x0, x1, y0, y1)."""
     left, top, right, bottom = canvas_box(w, h, *canvas)
     x0, x1 = max(0, int(round(left))), min(w, max(int(round(right)), int(round(left)) + 1))
     y0, y1 = max(0, int(round(top))), min(h, max(int(round(bottom)), int(round(top)) + 1))
-    crop = a[y0:y1, x0:x1]
+    return x0, x1, y0, y1
+
+
+def _crop_resize(a: np.ndarray, canvas: tuple[int, int], size: tuple[int, int], *, full_height: int | None = None,
+                 row_offset: int = 0) -> np.ndarray:
+    """Crop the canvas region (rounded to whole pixels) out of an upright image and resample it to size.
+    ``a`` may be a band of rows of the whole image (``full_height`` rows, ``a`` starting at ``row_offset``)."""
+    import cv2
+
+    h, w = a.shape[:2]
+    x0, x1, y0, y1 = _canvas_rows(full_height or h, w, canvas)
+    if not (0 <= y0 - row_offset and y1 - row_offset <= h):  # a bug, not bad input: the band was computed here
+        raise AssertionError(f"canvas rows {y0}..{y1} outside the decoded band {row_offset}..{row_offset + h}")
+    crop = a[y0 - row_offset:y1 - row_offset, x0:x1]
     out_h, out_w = size
     if crop.shape[:2] == (out_h, out_w):
         return np.ascontiguousarray(crop)
@@ -249,14 +260,35 @@ def load_fitted(
     if im.format == "JPEG" and im.mode == "RGB":
         import simplejpeg
 
+        # Stored rows below the canvas band need not be decoded (tasks.jpeg_rows) when stored rows are upright
+        # rows, top down (orientations 1, 2) or bottom up (3, 4).
+        frame = sequential_frame(data) if orientation in (1, 2, 3, 4) else None
+        rows = h
+        if frame is not None and frame.height == h:
+            _, _, y0, y1 = _canvas_rows(h, w, (height, width))
+            last = y1 if orientation in (1, 2) else h - y0  # stored rows [0, last) hold the band
+            rows = rows_kept(frame, last)
         try:
-            # min_width/min_height pick libjpeg's scale (the largest reduction keeping at least that size).
-            a = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // factor),
-                                       min_height=-(-h // factor), strict=True)
+            if rows < h:
+                if not has_end_of_image(data, frame):
+                    raise ValueError("no end-of-image marker after the scan")
+                # Not strict: a decoder stopped above the end warns about the data it did not read. The cut
+                # file (the common damage) is caught just above instead; libjpeg's other warnings on
+                # damaged data inside the band pass unnoticed here, where the full decode raised on them.
+                a = simplejpeg.decode_jpeg(with_height(data, frame, rows), colorspace="RGB",
+                                           min_width=-(-w // factor), min_height=-(-rows // factor), strict=False)
+            else:
+                # min_width/min_height pick libjpeg's scale (the largest reduction keeping at least that size).
+                a = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=-(-w // factor),
+                                           min_height=-(-h // factor), strict=True)
         except (ValueError, RuntimeError, OSError) as exc:  # libjpeg-turbo's errors on damaged data
             raise InputError(f"{label}: truncated or corrupt image data ({exc})") from exc
         if orientation != 1:
             a = _ORIENT[orientation](a)
+        if rows < h:  # a band of the image decoded at 1/factor: at the top, or at the bottom once flipped
+            full_height = -(-h // factor)
+            offset = 0 if orientation in (1, 2) else full_height - a.shape[0]
+            return _crop_resize(a, (height, width), (out_h, out_w), full_height=full_height, row_offset=offset)
     else:
         if factor > 1:
             im.draft(None, (-(-w // factor), -(-h // factor)))

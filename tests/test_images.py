@@ -263,3 +263,70 @@ def test_opencv_single_threaded_is_shared_and_restored():
     t.join(10)
     assert cv2.getNumThreads() == 2
     assert same.tobytes() == reference.tobytes()
+
+
+def _with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """The same JPEG bytes with an EXIF orientation (an APP1 segment after SOI; the scan is not re-encoded)."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    body = b"Exif\x00\x00" + exif.tobytes()
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+def test_jpeg_band_decode_is_bit_identical_to_a_full_decode(monkeypatch):
+    """Decoding only the rows down to the canvas band (tasks.jpeg_rows) gives the very pixels of a full
+    decode, for every chroma subsampling, the row-preserving EXIF orientations, DCT scales 1 to 1/8 and
+    heights that are not whole MCU rows; and it is the path taken."""
+    import simplejpeg
+
+    import tasks.images as ti
+
+    photo = np.random.default_rng(3).integers(0, 256, (333, 517, 3), dtype=np.uint8)
+    photo = (photo // 4 + _photo(333, 517) // 4 * 3).astype(np.uint8)  # texture + noise, as in a real photo
+    bands = []
+    real_with_height = ti.with_height
+    monkeypatch.setattr(ti, "with_height", lambda d, f, rows: bands.append(rows) or real_with_height(d, f, rows))
+    cases = 0
+    for sub in ("444", "422", "420", "440", "411"):
+        base = simplejpeg.encode_jpeg(photo, quality=90, colorsubsampling=sub)
+        for orientation in (1, 2, 3, 4):
+            data = base if orientation == 1 else _with_orientation(base, orientation)
+            for canvas, size in [((100, 400), None), ((100, 400), (50, 150)), ((100, 400), (20, 60)),
+                                 ((100, 400), (12, 40)), ((60, 100), None)]:
+                band = ti.load_fitted(data, name="p.jpg", canvas=canvas, size=size)
+                with monkeypatch.context() as m:
+                    m.setattr(ti, "sequential_frame", lambda d: None)  # the full, strict decode
+                    full = ti.load_fitted(data, name="p.jpg", canvas=canvas, size=size)
+                np.testing.assert_array_equal(band, full, err_msg=f"{sub} orientation {orientation} {canvas} {size}")
+                cases += 1
+    assert len(bands) >= cases * 3 // 5 and all(rows < 333 for rows in bands)  # 60x100 keeps most rows
+
+
+def test_jpeg_band_decode_still_rejects_a_cut_file():
+    """A file cut below the canvas band is never read there by the decoder; it is rejected all the same."""
+    from tasks.images import load_fitted
+    from tasks.jpeg_rows import sequential_frame
+
+    good = _encode(Image.fromarray(_photo(600, 900)), "JPEG", quality=95)
+    assert sequential_frame(good) is not None
+    for cut in (len(good) - 2, len(good) * 9 // 10, len(good) // 2):
+        with pytest.raises(InputError, match="cut.jpg: truncated or corrupt"):
+            load_fitted(good[:cut], name="cut.jpg", canvas=(100, 400))
+    # Data after the end of the image (a motion photo's video, a second image) is not damage.
+    np.testing.assert_array_equal(load_fitted(good + b"\x00trailer" * 100, name="p.jpg", canvas=(100, 400)),
+                                  load_fitted(good, name="p.jpg", canvas=(100, 400)))
+
+
+def test_sequential_frame_only_for_single_scan_sequential_jpegs():
+    from tasks.jpeg_rows import rows_kept, sequential_frame, with_height
+
+    photo = Image.fromarray(_photo(250, 300))
+    baseline = _encode(photo, "JPEG", quality=90)  # Pillow's default: 4:2:0, so 16-row MCUs
+    frame = sequential_frame(baseline)
+    assert frame is not None and frame.height == 250 and frame.mcu_rows == 16
+    assert rows_kept(frame, 100) == 112 + 32 and rows_kept(frame, 240) == 250
+    assert Image.open(io.BytesIO(with_height(baseline, frame, 144))).size == (300, 144)
+    assert sequential_frame(_encode(photo, "JPEG", quality=90, progressive=True)) is None
+    assert sequential_frame(_encode(photo, "JPEG", quality=90, subsampling=0)).mcu_rows == 8
+    assert sequential_frame(_encode(photo, "PNG")) is None
+    assert sequential_frame(baseline[:100]) is None  # header cut before the scan
