@@ -310,22 +310,39 @@ def simulate_lidar(depth: np.ndarray, K: np.ndarray, profile: SensorProfile | st
     """
     profile = _profile(profile)
     depth, K = validate_depth_and_K(depth, K)
+    _check_backend(backend)
+    grid = grid_from_valid(depth, K, mesh_options)  # depth and K were validated just above
+    return scan_grid(grid, profile, seed=seed, backend=backend, mesh_options=mesh_options, see_through=see_through,
+                     pose=pose, see_through_px=see_through_px)
+
+
+def _check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise GeometryError(f"unknown ray-cast backend {backend!r}; known: {', '.join(BACKENDS)}")
+
+
+def scan_grid(grid: DepthGrid, profile: SensorProfile | str | Path, *, seed: int, backend: str = "fast",
+              mesh_options: MeshOptions = MeshOptions(), see_through: bool = False, pose: np.ndarray | None = None,
+              see_through_px: int = 32) -> LidarScan:
+    """:func:`simulate_lidar` of a surface grid already built (tasks.mesh: ``grid_from_valid`` or, from the
+    store's uint16 depth, ``grid_from_uint16``); ``mesh_options`` must be those the grid was built with."""
+    profile = _profile(profile)
+    _check_backend(backend)
     pose = sensor_pose(profile, seed=seed, jitter=True) if pose is None else _check_pose(pose)
     pose = np.asarray(pose, dtype=np.float64)
-    grid = grid_from_valid(depth, K, mesh_options)  # depth and K were validated just above
     if grid.n_faces == 0:
         raise GeometryError(
-            f"depth map of shape {depth.shape} has no surface to scan (no triangle with depth in "
+            f"depth map of shape {grid.image_size} has no surface to scan (no triangle with depth in "
             f"[{mesh_options.min_depth_m}, {mesh_options.max_depth_m}] m passing the discontinuity cut)"
         )
+    K = grid.K
+    height, width = grid.image_size
     layers: list[DepthGrid] = [grid]
     if see_through:
         layers.append(background_layer(grid, mesh_options, int(see_through_px)))
     scene = layers if backend == "fast" else [g.to_mesh() for g in layers]
     extra = {"mesh_faces": grid.n_faces, "see_through": bool(see_through)}
-    return _scan(scene, backend, K, depth.shape[0], depth.shape[1], profile, pose, seed, extra)
+    return _scan(scene, backend, K, height, width, profile, pose, seed, extra)
 
 
 def simulate_lidar_on_mesh(mesh: trimesh.Trimesh, K: np.ndarray, height: int, width: int,

@@ -14,8 +14,8 @@ from storage.pngio import DEPTH_SCALE, depth_to_uint16
 from tasks.build_config import BuildConfig
 from tasks.depth_policy import DepthPolicy, disparity_to_depth
 from tasks.images import intrinsics_for_canvas
-from tasks.lidar import simulate_lidar
-from tasks.mesh import MeshOptions
+from tasks.lidar import scan_grid
+from tasks.mesh import MeshOptions, grid_from_uint16
 from tasks.pattern_stats import pattern_stats
 from tasks.sensors import SensorProfile
 
@@ -46,16 +46,15 @@ def simulate_sample(
     # The store keeps depth in the KITTI uint16 form (metres x 256, <= 2 mm rounding); the mesh is built from
     # exactly those values, so the stored depth reproduces the scan.
     depth_u16 = depth_to_uint16(depth)
-    # In float64, as the mesh needs it: u16 / 256 is exact in float32 and float64 alike, so this is the
-    # value uint16_to_depth gives, without the float32 map and its float64 copy.
-    depth = depth_u16 * (1.0 / DEPTH_SCALE)
-    scan = simulate_lidar(
-        depth,
-        K,
+    # The mesh is built straight from the uint16 map (u16 / 256 is exact in float64: the values
+    # uint16_to_depth gives), without a float64 copy of the whole map first.
+    mesh_options = MeshOptions(max_depth_m=config.max_depth_m, ratio_threshold=config.mesh_ratio_threshold)
+    scan = scan_grid(
+        grid_from_uint16(depth_u16, 1.0 / DEPTH_SCALE, K, mesh_options),
         profile,
         seed=seed,
         backend=config.backend,
-        mesh_options=MeshOptions(max_depth_m=config.max_depth_m, ratio_threshold=config.mesh_ratio_threshold),
+        mesh_options=mesh_options,
         see_through=config.see_through,
     )
     sparse = depth_to_uint16(scan.sparse)  # the store keeps KITTI uint16 (metres x 256); 0 = no return stays 0

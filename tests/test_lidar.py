@@ -283,3 +283,22 @@ def test_link_budget_drops_far_returns_by_the_fitted_reflectances():
     expect = detection_probability(det, np.linalg.norm(plain.points_cam - pose[:3, 3], axis=1)).mean()
     assert len(plain.points_cam) > 300 and 0.3 < expect < 0.5 and share == pytest.approx(expect, abs=0.05)
     assert simulate_lidar(depth, K_KITTI, budget, seed=3, pose=pose).sparse.tobytes() == lossy.sparse.tobytes()
+
+
+def test_scan_grid_of_uint16_depth_is_simulate_lidar_of_its_conversion(street):
+    """What the build does (grid straight from the store's uint16 depth, then scan_grid) is simulate_lidar of
+    the converted map: same sparse map, points and statistics, with and without the see-through layer."""
+    from storage.pngio import depth_to_uint16
+    from tasks.lidar import scan_grid
+    from tasks.mesh import MeshOptions, grid_from_uint16
+
+    u16 = depth_to_uint16(np.where(np.isfinite(street[1]), street[1], 0.0))
+    options = MeshOptions(max_depth_m=80.0)
+    for see_through in (False, True):
+        ref = simulate_lidar(u16 * (1.0 / 256), K_KITTI, "hdl64e_kitti", seed=4, mesh_options=options,
+                             see_through=see_through)
+        got = scan_grid(grid_from_uint16(u16, 1.0 / 256, K_KITTI, options), "hdl64e_kitti", seed=4,
+                        mesh_options=options, see_through=see_through)
+        np.testing.assert_array_equal(got.sparse, ref.sparse)
+        np.testing.assert_array_equal(got.points_cam, ref.points_cam)
+        assert got.stats == ref.stats and got.stats["pixels"] > 1000

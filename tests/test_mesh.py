@@ -126,3 +126,36 @@ def test_grid_zeroes_out_of_range_vertices_without_touching_the_input():
     assert grid.depth[3, 4] == 0.0 and grid.depth[5, 6] == 0.0 and grid.depth[7, 8] == 0.0
     assert np.count_nonzero(grid.depth) == depth.size - 3
     np.testing.assert_array_equal(depth, before)
+
+
+@pytest.mark.parametrize("stride", [1, 2, 3])
+def test_grid_from_uint16_is_the_grid_of_the_converted_map(stride):
+    """The store's uint16 depth (metres x 256) gives, read directly, the very grid of its float64 conversion:
+    vertex depths, surviving triangles, face count and the caster's tile ranges (near, far and empty pixels,
+    and depth steps that the ratio cut removes, included)."""
+    from tasks.mesh import grid_from_uint16
+
+    rng = np.random.default_rng(5)
+    u16 = (rng.uniform(0.0, 90.0, (37, 53)) * 256).astype(np.uint16)
+    u16[:4] = 0  # sky
+    u16[10, 10], u16[11, 12] = 10, 60000  # under min_depth_m, over max_depth_m
+    u16[20:, 30:] //= 3  # a foreground block: cut edges
+    options = MeshOptions(min_depth_m=0.1, max_depth_m=120.0, ratio_threshold=1.2, stride=stride)
+    ref = depth_to_grid(u16 * (1.0 / 256), K, options)
+    grid = grid_from_uint16(u16, 1.0 / 256, K, options)
+    np.testing.assert_array_equal(grid.depth, ref.depth)
+    np.testing.assert_array_equal(grid.tri_ok, ref.tri_ok)
+    assert grid.n_faces == ref.n_faces > 0 and grid.image_size == ref.image_size == (37, 53)
+    for a, b in zip(grid._cache["tiles"], ref._cache["tiles"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_grid_from_uint16_rejects_what_it_cannot_read():
+    from tasks.mesh import grid_from_uint16
+
+    with pytest.raises(GeometryError, match="unsigned integer"):
+        grid_from_uint16(np.ones((4, 4), np.int16), 1 / 256, K)
+    with pytest.raises(GeometryError, match="depth scale"):
+        grid_from_uint16(np.ones((4, 4), np.uint16), 0.0, K)
+    with pytest.raises(GeometryError, match="K must be 3x3"):
+        grid_from_uint16(np.ones((4, 4), np.uint16), 1 / 256, np.eye(2))
