@@ -27,13 +27,15 @@ def _takes_o_direct(folder) -> bool:
 def test_exact_bytes_for_unaligned_sizes_and_a_reused_buffer(tmp_path):
     rng = np.random.default_rng(0)
     direct = _takes_o_direct(tmp_path)
-    # Largest first, so the later writes reuse a buffer holding stale bytes past their end.
-    for i, n in enumerate([3 * 2**20 + 123, 2**20, 2**20 + 1, 2**20 + 4095]):
+    # Largest first, so the later writes reuse a buffer holding stale bytes past their end; the first one
+    # goes through the buffer in three pieces.
+    for i, n in enumerate([2 * direct_io._CHUNK + 12345, 3 * 2**20 + 123, 2**20, 2**20 + 1, 2**20 + 4095]):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         path = tmp_path / f"f{i}"
         assert direct_io.write_direct(path, data) is direct
         if direct:
             assert path.read_bytes() == data  # exact length: the padding of the last block was cut off
+            assert len(direct_io._local.buffer) <= direct_io._CHUNK  # bounded by the piece, not the file
 
 
 def test_small_files_are_left_to_the_page_cache(tmp_path):
