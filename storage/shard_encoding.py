@@ -16,6 +16,9 @@ zarr-python.
 """
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -90,11 +93,43 @@ def _sharding_codec(array: Any) -> Any | None:
     return sharding
 
 
+_BLOSC_LOCK = threading.Lock()
+_blosc_users = 0
+_blosc_threads_before: Any = None
+
+
+@contextlib.contextmanager
+def _blosc_single_threaded() -> Iterator[None]:
+    """Blosc without its internal threads while any encoder runs, as zarr-python has it (it calls Blosc from
+    worker threads, where numcodecs turns them off).
+
+    Why it matters for bytes, not only speed: with several threads Blosc places the compressed blocks in the
+    order the threads finish them, so the same chunk encodes to different (equally valid) bytes from one call
+    to the next (seen with numcodecs 0.16 from the main thread). Shards must be byte-identical across runs, so
+    no encode may see the switch on. numcodecs keeps it in one module-level variable: concurrent encoders
+    share the setting, and the last one to leave restores the value the first one found.
+    """
+    import numcodecs.blosc
+
+    global _blosc_users, _blosc_threads_before
+    with _BLOSC_LOCK:
+        if _blosc_users == 0:
+            _blosc_threads_before = numcodecs.blosc.use_threads
+            numcodecs.blosc.use_threads = False
+        _blosc_users += 1
+    try:
+        yield
+    finally:
+        with _BLOSC_LOCK:
+            _blosc_users -= 1
+            if _blosc_users == 0:
+                numcodecs.blosc.use_threads = _blosc_threads_before
+
+
 def encode_shard(array: Any, data: np.ndarray) -> bytes | None:
     """Encode ``data`` (exactly one shard of zarr ``array``: its shard shape and dtype, every chunk stored, as
     with ``write_empty_chunks``) into the shard object's bytes; None if this array's codecs are not handled
     here."""
-    import numcodecs.blosc
     from zarr.core.indexing import morton_order_iter
 
     sharding = _sharding_codec(array)
@@ -109,11 +144,7 @@ def encode_shard(array: Any, data: np.ndarray) -> bytes | None:
     index = np.full((*per_shard, 2), MAX_UINT64, dtype=np.uint64)
     parts: list[bytes] = []
     offset = 0
-    # One Blosc thread, as in zarr-python (which calls Blosc from worker threads): the caller's processes are
-    # the parallelism, and Blosc's output does not depend on its thread count anyway (so two threads of one
-    # process toggling this module-level switch at once can only change speed, never bytes).
-    threads, numcodecs.blosc.use_threads = numcodecs.blosc.use_threads, False
-    try:
+    with _blosc_single_threaded():
         for coords in morton_order_iter(per_shard):
             chunk = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunk_shape))]
             pieces = _encode_chunk(chunk, steps)
@@ -121,8 +152,6 @@ def encode_shard(array: Any, data: np.ndarray) -> bytes | None:
             index[coords] = (offset, size)
             parts.extend(pieces)
             offset += size
-    finally:
-        numcodecs.blosc.use_threads = threads
     index_bytes = _with_crc32c(index.astype("<u8").tobytes())
     if sharding.index_location.value == "start":
         index[index[..., 0] != MAX_UINT64, 0] += np.uint64(len(index_bytes))

@@ -92,3 +92,43 @@ def test_write_shard_publishes_what_the_manifest_hashes(tmp_path):
         got = store.read_arrays(2, names=(name,))[name]
         assert got.tobytes() == arrays[name][2].tobytes(), name
         assert not store.read_arrays(3, names=(name,))[name].any(), name  # the padding row
+
+
+def test_bytes_do_not_depend_on_blosc_threads_and_the_setting_is_restored(tmp_path):
+    """With Blosc's threads switched on for the process (several threads place compressed blocks in the order
+    they finish, so plain Blosc calls give varying bytes), encode_shard still gives the same bytes every time;
+    concurrent encoders keep the threads off until the last one leaves, then the setting comes back."""
+    import threading
+
+    import numcodecs.blosc
+
+    from storage.shard_encoding import _blosc_single_threaded
+
+    n = 8
+    store = DatasetStore.create(tmp_path / "ds", height=H, width=W, shard_size=n, config={}, teacher={},
+                                sensor="hdl64e_kitti", code_version="test")
+    store.ensure_shards(1)
+    rgb = np.asarray(make_arrays(n, 3)["rgb"], dtype=store._arrays["rgb"].dtype)
+    before = numcodecs.blosc.use_threads
+    numcodecs.blosc.use_threads = True
+    try:
+        first = encode_shard(store._arrays["rgb"], rgb)
+        assert all(encode_shard(store._arrays["rgb"], rgb) == first for _ in range(5))
+        assert numcodecs.blosc.use_threads is True
+        inside, release = threading.Event(), threading.Event()
+
+        def other_encoder():
+            with _blosc_single_threaded():
+                inside.set()
+                release.wait(10)
+
+        t = threading.Thread(target=other_encoder)
+        with _blosc_single_threaded():
+            t.start()
+            assert inside.wait(10)
+        assert numcodecs.blosc.use_threads is False  # the other encoder is still inside
+        release.set()
+        t.join(10)
+        assert numcodecs.blosc.use_threads is True
+    finally:
+        numcodecs.blosc.use_threads = before
