@@ -237,8 +237,9 @@ def load_fitted(
     Same checks and rejections as :func:`load_image`. Why it is cheap: colour JPEGs are decoded by
     libjpeg-turbo (simplejpeg) at 1/2, 1/4 or 1/8 scale when the output needs no more (DCT scaling) and, for
     single-scan sequential JPEGs, only down to the canvas band (tasks.jpeg_rows); the crop is a view, and only
-    the cropped region is resampled by OpenCV (area filter for real reductions, bilinear otherwise); other formats go through Pillow. No full-size RGB copy is made twice.
-    Deterministic: the same bytes give the same pixels.
+    the cropped region is resampled by OpenCV (area filter for real reductions, bilinear otherwise); other
+    formats go through Pillow. No full-size RGB copy is made twice. Deterministic: the same bytes give the same
+    pixels.
     """
     height, width = canvas
     out_h, out_w = size or canvas
