@@ -5,7 +5,7 @@ photos, the embedded teacher, HDL-64E), then writes the same arrays as ``--shard
 alternating (ABBA) a buffered writer (``O_DIRECT`` switched off) and the default one. It prints CPU (process
 time: user + kernel) and wall time per sample, and checks that both stores hold byte-identical objects.
 
-    python bench/bench_store_write.py [--images 16] [--shards 8] [--compression balanced]
+    python bench/bench_store_write.py [--images 16] [--shards 8] [--compression balanced] [--dir DISK_FOLDER]
 """
 from __future__ import annotations
 
@@ -57,12 +57,14 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=352)
     ap.add_argument("--width", type=int, default=1216)
     ap.add_argument("--compression", default="balanced")
+    ap.add_argument("--dir", type=Path, default=Path.cwd(),
+                    help="where to write (default: here; a tmpfs /tmp would measure memory, not a disk)")
     args = ap.parse_args()
 
     import storage.direct_io as dio
     import storage.store as st
 
-    work = Path(tempfile.mkdtemp(prefix="bench-store-write-", dir=Path.cwd()))  # on the disk, not a tmpfs /tmp
+    work = Path(tempfile.mkdtemp(prefix="bench-store-write-", dir=args.dir))
     images = write_images(work / "photos", args.images)
     arrays, rows = simulated_shard(images, args.height, args.width)
     stores = {}
