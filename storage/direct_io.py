@@ -32,15 +32,11 @@ _local = threading.local()
 _refused_devices: set[int] = set()  # filesystems (st_dev) that refused O_DIRECT once: not tried again
 
 
-def _aligned_buffer(size: int) -> mmap.mmap:
-    """This thread's page-aligned scratch buffer of at least ``size`` bytes (grown by doubling, then kept)."""
+def _aligned_buffer() -> mmap.mmap:
+    """This thread's page-aligned scratch buffer of _CHUNK bytes (only the pages a write uses are ever touched)."""
     buf: mmap.mmap | None = getattr(_local, "buffer", None)
-    if buf is None or len(buf) < size:
-        capacity = max(size, 2 * len(buf) if buf is not None else 0)
-        if buf is not None:
-            buf.close()
-        buf = mmap.mmap(-1, -(-capacity // mmap.PAGESIZE) * mmap.PAGESIZE)
-        _local.buffer = buf
+    if buf is None:
+        buf = _local.buffer = mmap.mmap(-1, _CHUNK)
     return buf
 
 
@@ -66,7 +62,7 @@ def write_direct(path: Path, data: bytes | memoryview) -> bool:
             return False
         raise
     try:
-        buf = _aligned_buffer(min(-(-n // _BLOCK) * _BLOCK, _CHUNK))
+        buf = _aligned_buffer()
         view, source = memoryview(buf), memoryview(data).cast("B")
         try:
             for start in range(0, n, _CHUNK):  # every piece but the last is whole blocks: offsets stay aligned

@@ -75,10 +75,8 @@ def read_uris(uris: Iterable[str]) -> dict[str, bytes | Missing]:
         fs, path = fsspec.core.url_to_fs(uri)  # instances are cached per protocol + options: one batch each
         batches.setdefault(id(fs), (fs, {}))[1][path] = uri
     for fs, paths in batches.values():
-        got = fs.cat(list(paths), on_error="return")
+        got = _cat_each(fs, paths, _read_or_missing)
         for path, uri in paths.items():
-            if path not in got:  # a filesystem that keys its answer another way: read this one alone
-                got[path] = _read_or_missing(uri)
             value = got[path]
             if isinstance(value, (FileNotFoundError, IsADirectoryError)):
                 out[uri] = value
@@ -87,6 +85,14 @@ def read_uris(uris: Iterable[str]) -> dict[str, bytes | Missing]:
             else:
                 out[uri] = bytes(value)
     return {uri: out[uri] for uri in order}
+
+
+def _cat_each(fs: Any, paths: dict[str, str], read_alone: Callable[[str], Any]) -> dict[str, Any]:
+    """fsspec's batched ``cat`` of ``paths`` (fs path -> the caller's key), errors returned per path instead of
+    raised; a path missing from the answer (a filesystem that keys it another way) is read alone with
+    ``read_alone(key)``, which returns bytes or an exception, so it is never taken for a missing file."""
+    got = fs.cat(list(paths), on_error="return")
+    return {path: got[path] if path in got else read_alone(key) for path, key in paths.items()}
 
 
 def input_reader(uris: Iterable[str]) -> Callable[[str], bytes | Missing]:
@@ -181,27 +187,22 @@ class StoreRoot:
         """Whole contents of several files, keyed by ``rel`` (an absent one maps to its FileNotFoundError); on
         an object store fetched concurrently (fsspec's batched ``cat``) instead of one round trip each."""
         if self.path is not None or len(rels) < 2:
-            out: dict[str, bytes | FileNotFoundError] = {}
-            for rel in rels:
-                try:
-                    out[rel] = self.read_bytes(rel)
-                except FileNotFoundError as exc:
-                    out[rel] = exc
-            return out
+            return {rel: self._read_or_missing(rel) for rel in rels}
         paths = {self._fs_path(rel): rel for rel in rels}
-        got = self.fs.cat(list(paths), on_error="return")
+        got = _cat_each(self.fs, paths, self._read_or_missing)
         out = {}
         for path, rel in paths.items():
-            if path not in got:  # a filesystem that keys its answer another way: read this one alone
-                try:
-                    got[path] = self.read_bytes(rel)
-                except FileNotFoundError as exc:
-                    got[path] = exc
             value = got[path]
             if isinstance(value, BaseException) and not isinstance(value, FileNotFoundError):
                 raise OSError(f"{self.full(rel)}: {value}") from value
             out[rel] = value
         return out
+
+    def _read_or_missing(self, rel: str) -> bytes | FileNotFoundError:
+        try:
+            return self.read_bytes(rel)
+        except FileNotFoundError as exc:
+            return exc
 
     def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
         """Publish a whole file: readers see the old file, no file, or the complete new one.

@@ -201,25 +201,27 @@ def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float, tile: 
 
 
 @numba.njit(cache=True, nogil=True)
-def _zero_outside(d: np.ndarray, zmin: float, zmax: float) -> np.ndarray:
-    # One pass, one output array (the numpy form makes three full-size temporaries).
-    out = np.empty_like(d)
-    for i in range(d.shape[0]):
-        for j in range(d.shape[1]):
-            v = d[i, j]
-            out[i, j] = v if zmin <= v <= zmax else 0.0
-    return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _scaled_zero_outside(d: np.ndarray, scale: float, zmin: float, zmax: float) -> np.ndarray:
-    # _zero_outside of d * scale, read from the integer map: no full-size float64 copy of it first.
+def _zero_outside(d: np.ndarray, scale: float, zmin: float, zmax: float) -> np.ndarray:
+    # d * scale as float64 vertex depths, zeroed outside [zmin, zmax], in one pass and one output array (the
+    # numpy form makes three full-size temporaries). Scale 1 for metres (exact); 1/256 for the store's uint16
+    # depth, read as it is, with no float64 copy of the whole map first.
     out = np.empty(d.shape, dtype=np.float64)
     for i in range(d.shape[0]):
         for j in range(d.shape[1]):
             v = np.float64(d[i, j]) * scale
             out[i, j] = v if zmin <= v <= zmax else 0.0
     return out
+
+
+def _strided_grid(depth: np.ndarray, scale: float, K: np.ndarray, options: MeshOptions) -> DepthGrid:
+    """The grid of ``depth * scale`` for checked depth, K and options."""
+    s = int(options.stride)
+    d = depth[::s, ::s]
+    if d.shape[0] < 2 or d.shape[1] < 2:
+        raise GeometryError(f"stride {s} leaves fewer than 2x2 vertices for depth of shape {depth.shape}")
+    # vertex depths outside the valid range are never referenced; zero them so the grid says so
+    d = _zero_outside(d, float(scale), float(options.min_depth_m), float(options.max_depth_m))
+    return _grid(d, K, s, (int(depth.shape[0]), int(depth.shape[1])), options)
 
 
 def _grid(d: np.ndarray, K: np.ndarray, stride: int, image_size: tuple[int, int], options: MeshOptions) -> DepthGrid:
@@ -239,13 +241,7 @@ def grid_from_valid(depth: np.ndarray, K: np.ndarray, options: MeshOptions = Mes
     """:func:`depth_to_grid` for depth and K that :func:`validate_depth_and_K` returned (float64, checked):
     callers that validated them already skip a second pass over the map."""
     options.validate()
-    s = int(options.stride)
-    d = np.ascontiguousarray(depth[::s, ::s])
-    if d.shape[0] < 2 or d.shape[1] < 2:
-        raise GeometryError(f"stride {s} leaves fewer than 2x2 vertices for depth of shape {depth.shape}")
-    # vertex depths outside the valid range are never referenced; zero them so the grid says so
-    d = _zero_outside(d, float(options.min_depth_m), float(options.max_depth_m))
-    return _grid(d, K, s, (int(depth.shape[0]), int(depth.shape[1])), options)
+    return _strided_grid(depth, 1.0, K, options)
 
 
 def grid_from_uint16(depth: np.ndarray, scale: float, K: np.ndarray, options: MeshOptions = MeshOptions()) -> DepthGrid:
@@ -262,12 +258,7 @@ def grid_from_uint16(depth: np.ndarray, scale: float, K: np.ndarray, options: Me
         raise GeometryError(f"depth scale must be a positive number, got {scale}")
     K = validate_K(K)
     options.validate()
-    s = int(options.stride)
-    d = depth[::s, ::s]
-    if d.shape[0] < 2 or d.shape[1] < 2:
-        raise GeometryError(f"stride {s} leaves fewer than 2x2 vertices for depth of shape {depth.shape}")
-    d = _scaled_zero_outside(d, float(scale), float(options.min_depth_m), float(options.max_depth_m))
-    return _grid(d, K, s, (int(depth.shape[0]), int(depth.shape[1])), options)
+    return _strided_grid(depth, scale, K, options)
 
 
 def depth_to_mesh(
