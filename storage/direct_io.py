@@ -7,7 +7,8 @@ VM a buffered write of a shard took 3.5-5 ms of kernel CPU per sample for its ne
 here it takes ~0.3 ms (the copy into the aligned buffer; figures in ``bench/bench_build.py --stages``).
 
 ``O_DIRECT`` needs the buffer address and the write length aligned to the device's logical block size: the
-data is copied, 8 MiB at a time, into a page-aligned buffer (kept per thread and reused, so its pages are
+data (one bytes object, or the pieces the shard encoder produced, packed one after another) is copied, 8 MiB at a
+time, into a page-aligned buffer (kept per thread and reused, so its pages are
 touched once, not on every write), the last piece rounded up to whole 4 KiB blocks, and the file is then cut
 to its exact length.
 Filesystems that refuse ``O_DIRECT`` (tmpfs, some FUSE and network filesystems) get ``False`` back and the
@@ -19,6 +20,7 @@ import errno
 import mmap
 import os
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 # Below this a write is small enough that the page cache costs little and the synchronous device write of
@@ -40,48 +42,80 @@ def _aligned_buffer() -> mmap.mmap:
     return buf
 
 
-def write_direct(path: Path, data: bytes | memoryview) -> bool:
-    """Create (or truncate) ``path`` and write ``data`` to it with ``O_DIRECT``; False, with nothing
-    written, if this platform or filesystem does not take it (the caller then writes it buffered).
-    Other errors (no space, permissions) raise as a buffered write would."""
+def _pieces(data: bytes | memoryview | Sequence[bytes]) -> list[memoryview]:
+    """``data`` as byte views in file order (one object, or the pieces whose concatenation is the file)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        data = [data]
+    return [memoryview(p).cast("B") for p in data]
+
+
+def write_direct(path: Path, data: bytes | memoryview | Sequence[bytes]) -> bool:
+    """Create (or truncate) ``path`` and write ``data`` (bytes, or pieces written one after another) to it with
+    ``O_DIRECT``; False, with nothing written, if this platform or filesystem does not take it (the caller then
+    writes it buffered). Other errors (no space, permissions) raise as a buffered write would."""
     flag = getattr(os, "O_DIRECT", 0)
-    n = len(data)
-    if not flag or n < MIN_DIRECT_BYTES:
-        return False
+    sources = _pieces(data)
+    n = sum(len(v) for v in sources)
     try:
-        device = os.stat(path.parent).st_dev
-    except OSError:
-        return False
-    if device in _refused_devices:
-        return False
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
-    except OSError as exc:
-        if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-            _refused_devices.add(device)
+        if not flag or n < MIN_DIRECT_BYTES:
             return False
-        raise
-    try:
-        buf = _aligned_buffer()
-        view, source = memoryview(buf), memoryview(data).cast("B")
         try:
-            for start in range(0, n, _CHUNK):  # every piece but the last is whole blocks: offsets stay aligned
-                piece = source[start:start + _CHUNK]
-                m = len(piece)
-                padded = -(-m // _BLOCK) * _BLOCK
-                buf[:m] = piece
-                written = 0
-                while written < padded:
-                    written += os.write(fd, view[written:padded])
-        except OSError as exc:
-            if exc.errno != errno.EINVAL:  # alignment the device does not take: fall back below
-                raise
-            _refused_devices.add(device)
+            device = os.stat(path.parent).st_dev
+        except OSError:
             return False
+        if device in _refused_devices:
+            return False
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | flag, 0o644)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                _refused_devices.add(device)
+                return False
+            raise
+        try:
+            try:
+                _copy_through_buffer(fd, sources)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # alignment the device does not take: fall back below
+                    raise
+                _refused_devices.add(device)
+                return False
+            os.ftruncate(fd, n)  # drop the padding of the last block
+            return True
         finally:
-            view.release()
-            source.release()
-        os.ftruncate(fd, n)  # drop the padding of the last block
-        return True
+            os.close(fd)
     finally:
-        os.close(fd)
+        for v in sources:
+            v.release()
+
+
+def _copy_through_buffer(fd: int, sources: list[memoryview]) -> None:
+    # The pieces are packed into the aligned buffer and it is written whenever full: every write but the last
+    # is _CHUNK bytes (whole blocks), so file offsets stay aligned; the last is padded to whole blocks.
+    buf = _aligned_buffer()
+    view = memoryview(buf)
+    try:
+        fill = 0
+        for src in sources:
+            pos, m = 0, len(src)
+            while pos < m:
+                take = min(_CHUNK - fill, m - pos)
+                buf[fill:fill + take] = src[pos:pos + take]
+                fill += take
+                pos += take
+                if fill == _CHUNK:
+                    _write_all(fd, view[:_CHUNK])
+                    fill = 0
+        if fill:
+            _write_all(fd, view[:-(-fill // _BLOCK) * _BLOCK])
+    finally:
+        view.release()
+
+
+def _write_all(fd: int, block: memoryview) -> None:
+    written = 0
+    try:
+        while written < len(block):
+            written += os.write(fd, block[written:])
+    finally:
+        block.release()

@@ -13,7 +13,7 @@ Remote credentials and endpoints come from the usual environment (``AWS_ACCESS_K
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,12 +204,16 @@ class StoreRoot:
         except FileNotFoundError as exc:
             return exc
 
-    def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
-        """Publish a whole file: readers see the old file, no file, or the complete new one.
+    def write_bytes(self, rel: str, data: bytes | Sequence[bytes], *, durable: bool = True) -> None:
+        """Publish a whole file: readers see the old file, no file, or the complete new one. ``data`` is the
+        file's bytes, or pieces whose concatenation is the file (a local file is written from them as they
+        are; an object store gets them joined, in one PUT).
 
         ``durable=False`` skips the local fsync (a process kill still leaves the old or the new file; a power
         loss may not): for files whose loss a later commit record detects, such as shard objects, whose sha256
         the manifest part holds (``verify`` finds them, ``repair`` rewrites them)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            data = list(data)  # pieces: may be read twice (O_DIRECT refused, then the buffered write)
         if self.path is not None:
             path = self.path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,10 @@ class StoreRoot:
                 # (storage.direct_io: no kernel copy into fresh cache pages, no cache pollution at scale).
                 if not write_direct(tmp, data):
                     with open(tmp, "wb") as f:
-                        f.write(data)
+                        if isinstance(data, (bytes, bytearray, memoryview)):
+                            f.write(data)
+                        else:
+                            f.writelines(data)
                 if durable:
                     with open(tmp, "rb+") as f:
                         os.fsync(f.fileno())  # durable before it becomes visible under the real name
@@ -228,6 +235,8 @@ class StoreRoot:
                 if tmp.exists():
                     tmp.unlink()
             return
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            data = b"".join(data)
         self.fs.pipe_file(self._fs_path(rel), data)  # one PUT: atomic on object stores
 
     def write_many(self, files: dict[str, bytes], *, durable: bool = True) -> None:

@@ -76,3 +76,24 @@ def test_store_root_large_write_is_whole_and_replaces(tmp_path, durable):
     root.write_bytes("c/0", second, durable=durable)  # a shorter file replaces a longer one whole
     assert (tmp_path / "store" / "c" / "0").read_bytes() == second
     assert [p.name for p in (tmp_path / "store" / "c").iterdir()] == ["0"]
+
+
+def test_pieces_are_written_as_their_concatenation(tmp_path):
+    """A file given as pieces (what the shard encoder hands over: index and encoded chunks) is their
+    concatenation, byte for byte, when pieces straddle the buffer's 8 MiB boundary, are empty, or are smaller
+    than a block; through O_DIRECT where the filesystem takes it, buffered where it does not (tmpfs), and
+    joined for one PUT on an object store."""
+    rng = np.random.default_rng(3)
+    sizes = [5, 0, direct_io._CHUNK - 3, 7, 4096, direct_io._CHUNK + 1, 1, 3 * 2**20 + 17]
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in sizes]
+    whole = b"".join(pieces)
+    assert direct_io.write_direct(tmp_path / "direct", pieces) is _takes_o_direct(tmp_path)
+    if _takes_o_direct(tmp_path):
+        assert (tmp_path / "direct").read_bytes() == whole
+    root = StoreRoot(tmp_path / "store")
+    for durable in (False, True):
+        root.write_bytes("obj", iter(pieces) if durable else pieces, durable=durable)
+        assert (tmp_path / "store" / "obj").read_bytes() == whole
+    small = [b"ab", b"", b"cd"]  # under MIN_DIRECT_BYTES: the buffered path writes the pieces
+    root.write_bytes("small", small)
+    assert (tmp_path / "store" / "small").read_bytes() == b"abcd"
