@@ -198,43 +198,120 @@ def detection_probability(detection: dict, ranges: np.ndarray) -> np.ndarray:
     return 1.0 - np.interp(need, q, DETECTION_LEVELS, left=0.0, right=1.0)
 
 
-def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.ndarray) -> np.ndarray:
-    """Independent losses: random, grazing incidence, the linear far-range rise and the link budget."""
+def _drop_params(profile: SensorProfile) -> tuple[float, float, float, float, float, float]:
+    """(random, grazing start deg, grazing max, far start m, far max, max range m) with the grazing and far terms
+    switched off (max 0) where the profile leaves them out: the scalars of :func:`_drop_kernel`."""
     drop = profile.drop
-    p = np.full(ranges.shape, drop["random"])
-    g = drop["grazing_deg"]
-    if g < 90.0 and drop["grazing_max"] > 0:
-        inc = np.degrees(np.arccos(np.clip(cos_inc, 0.0, 1.0)))
-        p = 1 - (1 - p) * (1 - drop["grazing_max"] * np.clip((inc - g) / (90.0 - g), 0.0, 1.0))
-    f0 = drop["far_start_m"]
-    if f0 < profile.max_range_m and drop["far_max"] > 0:
-        p = 1 - (1 - p) * (1 - drop["far_max"] * np.clip((ranges - f0) / (profile.max_range_m - f0), 0.0, 1.0))
-    if profile.detection is not None:
-        p = 1 - (1 - p) * detection_probability(profile.detection, ranges)
-    return p
+    g, g_max = float(drop["grazing_deg"]), float(drop["grazing_max"])
+    f0, f_max = float(drop["far_start_m"]), float(drop["far_max"])
+    if not (g < 90.0 and g_max > 0):
+        g_max = 0.0
+    if not (f0 < profile.max_range_m and f_max > 0):
+        f_max = 0.0
+    return float(drop["random"]), g, g_max, f0, f_max, float(profile.max_range_m)
+
+
+@numba.njit(inline="always")
+def _drop_kernel(r: float, cos_inc: float, detect: float, p_random: float, g: float, g_max: float, f0: float,
+                 f_max: float, max_range: float) -> float:
+    # Independent losses: random, grazing incidence (linear in the incidence angle above g degrees), the
+    # linear far-range rise and the link budget (detect = its detection probability; 1 without one).
+    p = p_random
+    if g_max > 0.0:
+        inc = np.arccos(min(max(cos_inc, 0.0), 1.0)) * (180.0 / np.pi)
+        p = 1.0 - (1.0 - p) * (1.0 - g_max * min(max((inc - g) / (90.0 - g), 0.0), 1.0))
+    if f_max > 0.0:
+        p = 1.0 - (1.0 - p) * (1.0 - f_max * min(max((r - f0) / (max_range - f0), 0.0), 1.0))
+    return 1.0 - (1.0 - p) * detect
+
+
+@numba.njit(cache=True, nogil=True)
+def _drop_probability_kernel(ranges, cos_inc, detect, params, out):
+    for i in range(ranges.shape[0]):
+        out[i] = _drop_kernel(ranges[i], cos_inc[i], detect[i], params[0], params[1], params[2], params[3],
+                              params[4], params[5])
+
+
+def _detection_or_one(profile: SensorProfile, ranges: np.ndarray) -> np.ndarray:
+    # (a miss, range inf, gets 0; it is gated out before its drop is drawn anyway)
+    if profile.detection is None:
+        return np.ones(len(ranges))
+    return detection_probability(profile.detection, ranges)
+
+
+def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.ndarray) -> np.ndarray:
+    """Independent losses: random, grazing incidence, the linear far-range rise and the link budget (per ray;
+    the same kernel the scan applies inside :func:`_returns`)."""
+    ranges = np.ascontiguousarray(ranges, dtype=np.float64)
+    out = np.empty(len(ranges))
+    _drop_probability_kernel(ranges, np.ascontiguousarray(cos_inc, dtype=np.float64),
+                             _detection_or_one(profile, ranges), np.array(_drop_params(profile)), out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _returns(ranges, normals, origins, dirs, noise, u, detect, min_r, max_r, noise_std, params, points, index):
+    # One pass over the rays: range gate, seeded drop (u >= p keeps), range noise, return point
+    # origin + r * dir; the kept rays' indices and points are packed at the front of `index` / `points`.
+    # Returns (hits, in range, kept, returns with r > 0).
+    n_hit = 0
+    n_in = 0
+    n_kept = 0
+    k = 0
+    for i in range(ranges.shape[0]):
+        t = ranges[i]
+        if not np.isfinite(t):
+            continue
+        n_hit += 1
+        if not (t >= min_r and t <= max_r):
+            continue
+        n_in += 1
+        cos_inc = abs(normals[i, 0] * dirs[i, 0] + normals[i, 1] * dirs[i, 1] + normals[i, 2] * dirs[i, 2])
+        p = _drop_kernel(t, cos_inc, detect[i], params[0], params[1], params[2], params[3], params[4], params[5])
+        if not u[i] >= p:
+            continue
+        n_kept += 1
+        r = t + noise[i] * noise_std
+        if not r > 0.0:
+            continue
+        index[k] = i
+        points[k, 0] = origins[i, 0] + r * dirs[i, 0]
+        points[k, 1] = origins[i, 1] + r * dirs[i, 1]
+        points[k, 2] = origins[i, 2] + r * dirs[i, 2]
+        k += 1
+    return n_hit, n_in, n_kept, k
 
 
 def project_points(points_cam: np.ndarray, K: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int]:
     """Z-buffered projection (nearest z wins per pixel) -> ((H, W) float32 sparse depth, points in image)."""
+    sparse, n_in, _ = _projected(points_cam, K, height, width)
+    return sparse, n_in
+
+
+def _projected(points_cam: np.ndarray, K: np.ndarray, height: int, width: int) -> tuple[np.ndarray, int, int]:
+    # project_points, plus the number of pixels that got a return (counted in the kernel, not by a pass over
+    # the image afterwards)
     sparse = np.zeros((height, width), dtype=np.float32)
     K = np.asarray(K, dtype=np.float64)
     pts = np.ascontiguousarray(points_cam, dtype=np.float64)
-    n_in = _project_zbuffer(pts, K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2], int(height), int(width),
-                            sparse.reshape(-1))
-    return sparse, int(n_in)
+    n_in, n_pixels = _project_zbuffer(pts, K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2], int(height), int(width),
+                                      sparse.reshape(-1))
+    return sparse, int(n_in), int(n_pixels)
 
 
 @numba.njit(cache=True, nogil=True)
 def _project_zbuffer(p: np.ndarray, fx: float, skew: float, cx: float, fy: float, cy: float, height: int,
-                     width: int, out: np.ndarray) -> int:
+                     width: int, out: np.ndarray) -> tuple[int, int]:
     # One pass to find each point's pixel (the numpy form's expressions, operation for operation), one to keep
     # the nearest z per pixel, with no full-image temporary (a float64 z-buffer of the image cost more in page
     # faults than the loop itself). The minimum is taken on float32 values: rounding to float32 is monotonic,
     # so min(float32(z)) == float32(min(z)) and the result is the same bits as a float64 z-buffer; equal values
-    # are equal whichever point came first, so the order of the points does not matter.
+    # are equal whichever point came first, so the order of the points does not matter. `out` starts at 0; every
+    # depth written is > 1e-6 (> 0 as float32), so the pixels marked the first time are the nonzero ones after.
     n = p.shape[0]
     lin = np.empty(n, np.int64)
     n_in = 0
+    n_pixels = 0
     for i in range(n):
         z = p[i, 2]
         lin[i] = -1
@@ -244,6 +321,8 @@ def _project_zbuffer(p: np.ndarray, fx: float, skew: float, cx: float, fy: float
             if u >= 0 and u < width and v >= 0 and v < height:
                 k = np.int64(v) * width + np.int64(u)
                 lin[i] = k
+                if out[k] == 0.0:
+                    n_pixels += 1
                 out[k] = np.inf
                 n_in += 1
     for i in range(n):
@@ -252,35 +331,32 @@ def _project_zbuffer(p: np.ndarray, fx: float, skew: float, cx: float, fy: float
             z32 = np.float32(p[i, 2])
             if z32 < out[k]:
                 out[k] = z32
-    return n_in
+    return n_in, n_pixels
 
 
 def _scan(scene, backend: str, K: np.ndarray, height: int, width: int, profile: SensorProfile,
           pose: np.ndarray, seed: int, extra_stats: dict[str, Any]) -> LidarScan:
     origins, dirs, ring = beam_directions(profile, pose, K, height, width, seed=seed)
     ranges, normals = cast_hits(backend, scene, origins, dirs)
-    hit = np.isfinite(ranges)
-    in_range = hit & (ranges >= profile.min_range_m) & (ranges <= profile.max_range_m)
     rng = np.random.default_rng(derive_seed(seed, "lidar-returns"))
-    noise = rng.normal(0.0, 1.0, len(ranges)) * profile.range_noise_std_m
+    noise = rng.normal(0.0, 1.0, len(ranges))  # one draw per ray, hit or not: a ray's draws do not depend on others
     u = rng.uniform(0.0, 1.0, len(ranges))
-    cos_inc = np.abs(np.einsum("ij,ij->i", normals, dirs))
-    p_drop = _drop_probability(profile, np.where(in_range, ranges, 0.0), cos_inc)
-    kept = in_range & (u >= p_drop)
-    r = ranges[kept] + noise[kept]
-    kept_idx = np.nonzero(kept)[0][r > 0]
-    r = r[r > 0]
-    points = origins[kept_idx] + r[:, None] * dirs[kept_idx]
-    sparse, in_image = project_points(points, K, height, width)
-    n_valid = int(np.count_nonzero(sparse))
+    points = np.empty((len(ranges), 3))
+    kept_idx = np.empty(len(ranges), np.int64)
+    n_hit, n_in, n_kept, n_ret = _returns(
+        ranges, np.ascontiguousarray(normals), np.ascontiguousarray(origins), np.ascontiguousarray(dirs), noise, u,
+        _detection_or_one(profile, ranges), float(profile.min_range_m), float(profile.max_range_m),
+        float(profile.range_noise_std_m), np.array(_drop_params(profile)), points, kept_idx)
+    points, kept_idx = points[:n_ret], kept_idx[:n_ret]
+    sparse, in_image, n_valid = _projected(points, K, height, width)
     stats = {
         "backend": backend,
         "sensor": profile.name,
         "rays": int(len(ranges)),
-        "hits": int(hit.sum()),
-        "in_range": int(in_range.sum()),
-        "dropped": int(in_range.sum() - kept.sum()),
-        "returns": int(len(kept_idx)),
+        "hits": int(n_hit),
+        "in_range": int(n_in),
+        "dropped": int(n_in - n_kept),
+        "returns": int(n_ret),
         "in_image": in_image,
         "pixels": n_valid,
         "density": n_valid / float(height * width),

@@ -62,7 +62,7 @@ def simulate_sample(
     pstats = pattern_stats(sparse, crop=crop)  # uses only "has a return" (> 0), the same in uint16
     top = int(depth_u16.max())
     stats = {
-        "lidar_points": int(np.count_nonzero(sparse)),
+        "lidar_points": int(pstats["points"]),  # pixels with a return in the whole image
         "lidar_density": float(pstats["density"]),
         "first_row": int(pstats["first_row"]),
         "depth_min": float(np.min(depth_u16, where=depth_u16 > 0, initial=top)) / DEPTH_SCALE,

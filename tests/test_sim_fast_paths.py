@@ -10,7 +10,9 @@ import pytest
 
 from tasks.depth_policy import DepthPolicy, disparity_to_depth, quantile_linear
 from tasks.images import intrinsics_for_canvas
-from tasks.lidar import beam_directions, project_points, sensor_pose
+from tasks.lidar import (_detection_or_one, _drop_params, _projected, _returns, beam_directions, detection_probability,
+                         project_points, sensor_pose)
+from tasks.pattern_stats import pattern_stats
 from tasks.sensors import load_profile
 
 
@@ -161,6 +163,86 @@ def test_zbuffer_keeps_the_nearest_return_per_pixel():
     ref.reshape(-1)[lin[first]] = zi[first]
     assert n_in == int(inside.sum()) and n_in > 1000
     assert sparse.tobytes() == ref.tobytes()
+    _, _, n_pixels = _projected(pts, K, h, w)  # the pixel count the kernel keeps for the scan's stats
+    assert n_pixels == np.count_nonzero(sparse) == int(first.sum())
+
+
+def _returns_reference(profile, ranges, normals, origins, dirs, noise, u):
+    """The scan's numpy formulation before the fused kernel: gate, drop, noise, points."""
+    in_range = np.isfinite(ranges) & (ranges >= profile.min_range_m) & (ranges <= profile.max_range_m)
+    cos_inc = np.abs(np.einsum("ij,ij->i", normals, dirs))
+    r_gate = np.where(in_range, ranges, 0.0)
+    drop = profile.drop
+    p = np.full(ranges.shape, drop["random"])
+    g = drop["grazing_deg"]
+    if g < 90.0 and drop["grazing_max"] > 0:
+        inc = np.degrees(np.arccos(np.clip(cos_inc, 0.0, 1.0)))
+        p = 1 - (1 - p) * (1 - drop["grazing_max"] * np.clip((inc - g) / (90.0 - g), 0.0, 1.0))
+    f0 = drop["far_start_m"]
+    if f0 < profile.max_range_m and drop["far_max"] > 0:
+        p = 1 - (1 - p) * (1 - drop["far_max"] * np.clip((r_gate - f0) / (profile.max_range_m - f0), 0.0, 1.0))
+    if profile.detection is not None:
+        p = 1 - (1 - p) * detection_probability(profile.detection, r_gate)
+    kept = in_range & (u >= p)
+    r = ranges[kept] + (noise * profile.range_noise_std_m)[kept]
+    kept_idx = np.nonzero(kept)[0][r > 0]
+    r = r[r > 0]
+    points = origins[kept_idx] + r[:, None] * dirs[kept_idx]
+    return kept_idx, points, (int(np.isfinite(ranges).sum()), int(in_range.sum()), int(kept.sum()), len(kept_idx))
+
+
+@pytest.mark.parametrize("sensor", ["hdl64e_kitti", "hdl32e", "livox_avia"])  # hdl32e has a link budget
+def test_fused_returns_match_the_numpy_formulation(sensor):
+    """Gate, drops, noise and return points in one kernel: the same kept rays and the same point bits as the
+    numpy it replaced. (numpy's arccos may differ from libm's by an ulp on some CPUs; a kept/dropped decision
+    moves only if a uniform draw falls inside that ulp, which these 200 k rays never show.)"""
+    profile = load_profile(sensor)
+    rng = np.random.default_rng(7)
+    n = 200_000
+    ranges = rng.uniform(-1.0, profile.max_range_m * 1.2, n)
+    ranges[rng.random(n) < 0.2] = np.inf  # misses
+    dirs = rng.normal(size=(n, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    normals = rng.normal(size=(n, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    normals[~np.isfinite(ranges)] = 0.0
+    origins = rng.normal(size=(n, 3)) * 0.3
+    noise, u = rng.normal(size=n) * 50.0, rng.random(n)  # large noise: some returns end behind the sensor
+    points = np.empty((n, 3))
+    index = np.empty(n, np.int64)
+    counts = _returns(ranges, normals, origins, dirs, noise, u, _detection_or_one(profile, ranges),
+                      float(profile.min_range_m), float(profile.max_range_m), float(profile.range_noise_std_m),
+                      np.array(_drop_params(profile)), points, index)
+    ref_idx, ref_points, ref_counts = _returns_reference(profile, ranges, normals, origins, dirs, noise, u)
+    assert counts == ref_counts and 0 < ref_counts[3] < ref_counts[2] < ref_counts[1] < ref_counts[0]
+    assert index[:counts[3]].tobytes() == ref_idx.tobytes()
+    assert points[:counts[3]].tobytes() == ref_points.tobytes()
+
+
+def _pattern_stats_reference(sparse, crop):
+    h, w = sparse.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    c = sparse[h - ch:, (w - cw) // 2:(w - cw) // 2 + cw] > 0
+    rows = np.nonzero(c.any(axis=1))[0]
+    first = int(rows[0]) if len(rows) else -1
+    return {"density": float(c.mean()) if c.size else 0.0, "first_row": first,
+            "first_row_frac": first / c.shape[0] if first >= 0 else -1.0, "rows_covered": int(len(rows)),
+            "points": int(np.count_nonzero(sparse > 0)), "crop": [int(c.shape[0]), int(c.shape[1])]}
+
+
+@pytest.mark.parametrize("crop", [(352, 1216), (256, 1216), (100, 333), (500, 2000), (0, 10)])
+def test_pattern_stats_one_pass_matches_the_numpy_form(crop):
+    rng = np.random.default_rng(1)
+    for dtype in (np.uint16, np.float32):
+        sparse = (rng.random((352, 1216)) < 0.05) * rng.uniform(1, 80, (352, 1216))
+        sparse[:150] = 0  # rows above the first beam
+        sparse[200, :5] = 3.0  # returns outside a narrow crop's columns only
+        sparse = sparse.astype(dtype)
+        if dtype == np.float32:
+            sparse[300, 600] = np.nan  # not a return
+            sparse[301, 601] = -1.0
+        assert pattern_stats(sparse, crop=crop) == _pattern_stats_reference(sparse, crop)
+        assert pattern_stats(np.zeros_like(sparse), crop=crop) == _pattern_stats_reference(np.zeros_like(sparse), crop)
 
 
 def test_grid_caster_cell_depth_test_changes_no_hit():
