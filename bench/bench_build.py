@@ -115,7 +115,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
     # Wrap the stages inside simulate_sample / simulate_lidar where they are looked up (module globals).
     for mod, name, label in [(sim, "disparity_to_depth", "depth policy"), (sim, "grid_from_uint16", "mesh"),
                              (lidar, "beam_directions", "beams"), (lidar, "cast_hits", "ray cast"),
-                             (lidar, "project_points", "projection"), (sim, "pattern_stats", "stats + encode"),
+                             (lidar, "_projected", "projection"), (sim, "pattern_stats", "stats + encode"),
                              (sim, "depth_to_uint16", "stats + encode")]:
         setattr(mod, name, clock.wrap(label, getattr(mod, name)))
     cfg = BuildConfig(height=h, width=w)
