@@ -43,10 +43,9 @@ def _aligned_buffer() -> mmap.mmap:
 
 
 def _pieces(data: bytes | memoryview | Sequence[bytes]) -> list[memoryview]:
-    """``data`` as byte views in file order (one object, or the pieces whose concatenation is the file)."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        data = [data]
-    return [memoryview(p).cast("B") for p in data]
+    """``data`` as byte views in file order: a list or tuple holds pieces whose concatenation is the file, any
+    other object exposing a buffer (bytes, memoryview, a numpy array) is the file itself."""
+    return [memoryview(p).cast("B") for p in (data if isinstance(data, (list, tuple)) else [data])]
 
 
 def write_direct(path: Path, data: bytes | memoryview | Sequence[bytes]) -> bool:

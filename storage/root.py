@@ -206,14 +206,12 @@ class StoreRoot:
 
     def write_bytes(self, rel: str, data: bytes | Sequence[bytes], *, durable: bool = True) -> None:
         """Publish a whole file: readers see the old file, no file, or the complete new one. ``data`` is the
-        file's bytes, or pieces whose concatenation is the file (a local file is written from them as they
-        are; an object store gets them joined, in one PUT).
+        file's bytes, or a list / tuple of pieces whose concatenation is the file (a local file is written
+        from them as they are; an object store gets them joined, in one PUT).
 
         ``durable=False`` skips the local fsync (a process kill still leaves the old or the new file; a power
         loss may not): for files whose loss a later commit record detects, such as shard objects, whose sha256
         the manifest part holds (``verify`` finds them, ``repair`` rewrites them)."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            data = list(data)  # pieces: may be read twice (O_DIRECT refused, then the buffered write)
         if self.path is not None:
             path = self.path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -223,10 +221,10 @@ class StoreRoot:
                 # (storage.direct_io: no kernel copy into fresh cache pages, no cache pollution at scale).
                 if not write_direct(tmp, data):
                     with open(tmp, "wb") as f:
-                        if isinstance(data, (bytes, bytearray, memoryview)):
-                            f.write(data)
-                        else:
+                        if isinstance(data, (list, tuple)):
                             f.writelines(data)
+                        else:
+                            f.write(data)
                 if durable:
                     with open(tmp, "rb+") as f:
                         os.fsync(f.fileno())  # durable before it becomes visible under the real name
@@ -235,7 +233,7 @@ class StoreRoot:
                 if tmp.exists():
                     tmp.unlink()
             return
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if isinstance(data, (list, tuple)):
             data = b"".join(data)
         self.fs.pipe_file(self._fs_path(rel), data)  # one PUT: atomic on object stores
 

@@ -92,8 +92,11 @@ def test_pieces_are_written_as_their_concatenation(tmp_path):
         assert (tmp_path / "direct").read_bytes() == whole
     root = StoreRoot(tmp_path / "store")
     for durable in (False, True):
-        root.write_bytes("obj", iter(pieces) if durable else pieces, durable=durable)
+        root.write_bytes("obj", tuple(pieces) if durable else pieces, durable=durable)
         assert (tmp_path / "store" / "obj").read_bytes() == whole
     small = [b"ab", b"", b"cd"]  # under MIN_DIRECT_BYTES: the buffered path writes the pieces
     root.write_bytes("small", small)
     assert (tmp_path / "store" / "small").read_bytes() == b"abcd"
+    array = np.arange(2**20, dtype=np.uint16)  # any other buffer is one piece, as before (not its rows)
+    root.write_bytes("array", array)
+    assert (tmp_path / "store" / "array").read_bytes() == array.tobytes()
