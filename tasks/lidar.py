@@ -344,7 +344,8 @@ def _scan(scene, backend: str, K: np.ndarray, height: int, width: int, profile: 
     points = np.empty((len(ranges), 3))
     kept_idx = np.empty(len(ranges), np.int64)
     n_hit, n_in, n_kept, n_ret = _returns(
-        ranges, np.ascontiguousarray(normals), np.ascontiguousarray(origins), np.ascontiguousarray(dirs), noise, u,
+        np.ascontiguousarray(ranges, dtype=np.float64), np.ascontiguousarray(normals, dtype=np.float64),
+        np.ascontiguousarray(origins, dtype=np.float64), np.ascontiguousarray(dirs, dtype=np.float64), noise, u,
         _detection_or_one(profile, ranges), float(profile.min_range_m), float(profile.max_range_m),
         float(profile.range_noise_std_m), np.array(_drop_params(profile)), points, kept_idx)
     points, kept_idx = points[:n_ret], kept_idx[:n_ret]
