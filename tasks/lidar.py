@@ -198,9 +198,10 @@ def detection_probability(detection: dict, ranges: np.ndarray) -> np.ndarray:
     return 1.0 - np.interp(need, q, DETECTION_LEVELS, left=0.0, right=1.0)
 
 
-def _drop_params(profile: SensorProfile) -> tuple[float, float, float, float, float, float]:
-    """(random, grazing start deg, grazing max, far start m, far max, max range m) with the grazing and far terms
-    switched off (max 0) where the profile leaves them out: the scalars of :func:`_drop_kernel`."""
+def _drop_params(profile: SensorProfile) -> np.ndarray:
+    """[random, grazing start deg, grazing max, far start m, far max, max range m, link budget 1/0] with the
+    grazing and far terms switched off (max 0) where the profile leaves them out: the scalars of
+    :func:`_drop_kernel`."""
     drop = profile.drop
     g, g_max = float(drop["grazing_deg"]), float(drop["grazing_max"])
     f0, f_max = float(drop["far_start_m"]), float(drop["far_max"])
@@ -208,32 +209,36 @@ def _drop_params(profile: SensorProfile) -> tuple[float, float, float, float, fl
         g_max = 0.0
     if not (f0 < profile.max_range_m and f_max > 0):
         f_max = 0.0
-    return float(drop["random"]), g, g_max, f0, f_max, float(profile.max_range_m)
+    budget = 1.0 if profile.detection is not None else 0.0
+    return np.array([float(drop["random"]), g, g_max, f0, f_max, float(profile.max_range_m), budget])
 
 
 @numba.njit(inline="always")
-def _drop_kernel(r: float, cos_inc: float, detect: float, p_random: float, g: float, g_max: float, f0: float,
-                 f_max: float, max_range: float) -> float:
+def _drop_kernel(r: float, cos_inc: float, detect: float, params: np.ndarray) -> float:
     # Independent losses: random, grazing incidence (linear in the incidence angle above g degrees), the
-    # linear far-range rise and the link budget (detect = its detection probability; 1 without one).
+    # linear far-range rise and the link budget (detect = its detection probability). Each term is applied
+    # only when the profile has it, in this order: 1 - (1 - p) is not always p in floating point.
+    p_random, g, g_max, f0, f_max, max_range = params[0], params[1], params[2], params[3], params[4], params[5]
     p = p_random
     if g_max > 0.0:
         inc = np.arccos(min(max(cos_inc, 0.0), 1.0)) * (180.0 / np.pi)
         p = 1.0 - (1.0 - p) * (1.0 - g_max * min(max((inc - g) / (90.0 - g), 0.0), 1.0))
     if f_max > 0.0:
         p = 1.0 - (1.0 - p) * (1.0 - f_max * min(max((r - f0) / (max_range - f0), 0.0), 1.0))
-    return 1.0 - (1.0 - p) * detect
+    if params[6] > 0.0:
+        p = 1.0 - (1.0 - p) * detect
+    return p
 
 
 @numba.njit(cache=True, nogil=True)
 def _drop_probability_kernel(ranges, cos_inc, detect, params, out):
     for i in range(ranges.shape[0]):
-        out[i] = _drop_kernel(ranges[i], cos_inc[i], detect[i], params[0], params[1], params[2], params[3],
-                              params[4], params[5])
+        out[i] = _drop_kernel(ranges[i], cos_inc[i], detect[i], params)
 
 
 def _detection_or_one(profile: SensorProfile, ranges: np.ndarray) -> np.ndarray:
-    # (a miss, range inf, gets 0; it is gated out before its drop is drawn anyway)
+    # the link budget's detection probability per ray (a miss, range inf, gets 0: it is gated out before its
+    # drop is drawn anyway); ones, unused, for a profile without one
     if profile.detection is None:
         return np.ones(len(ranges))
     return detection_probability(profile.detection, ranges)
@@ -245,7 +250,7 @@ def _drop_probability(profile: SensorProfile, ranges: np.ndarray, cos_inc: np.nd
     ranges = np.ascontiguousarray(ranges, dtype=np.float64)
     out = np.empty(len(ranges))
     _drop_probability_kernel(ranges, np.ascontiguousarray(cos_inc, dtype=np.float64),
-                             _detection_or_one(profile, ranges), np.array(_drop_params(profile)), out)
+                             _detection_or_one(profile, ranges), _drop_params(profile), out)
     return out
 
 
@@ -267,7 +272,7 @@ def _returns(ranges, normals, origins, dirs, noise, u, detect, min_r, max_r, noi
             continue
         n_in += 1
         cos_inc = abs(normals[i, 0] * dirs[i, 0] + normals[i, 1] * dirs[i, 1] + normals[i, 2] * dirs[i, 2])
-        p = _drop_kernel(t, cos_inc, detect[i], params[0], params[1], params[2], params[3], params[4], params[5])
+        p = _drop_kernel(t, cos_inc, detect[i], params)
         if not u[i] >= p:
             continue
         n_kept += 1
@@ -347,7 +352,7 @@ def _scan(scene, backend: str, K: np.ndarray, height: int, width: int, profile: 
         np.ascontiguousarray(ranges, dtype=np.float64), np.ascontiguousarray(normals, dtype=np.float64),
         np.ascontiguousarray(origins, dtype=np.float64), np.ascontiguousarray(dirs, dtype=np.float64), noise, u,
         _detection_or_one(profile, ranges), float(profile.min_range_m), float(profile.max_range_m),
-        float(profile.range_noise_std_m), np.array(_drop_params(profile)), points, kept_idx)
+        float(profile.range_noise_std_m), _drop_params(profile), points, kept_idx)
     points, kept_idx = points[:n_ret], kept_idx[:n_ret]
     sparse, in_image, n_valid = _projected(points, K, height, width)
     stats = {

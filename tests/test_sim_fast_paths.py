@@ -171,9 +171,19 @@ def _returns_reference(profile, ranges, normals, origins, dirs, noise, u):
     """The scan's numpy formulation before the fused kernel: gate, drop, noise, points."""
     in_range = np.isfinite(ranges) & (ranges >= profile.min_range_m) & (ranges <= profile.max_range_m)
     cos_inc = np.abs(np.einsum("ij,ij->i", normals, dirs))
-    r_gate = np.where(in_range, ranges, 0.0)
+    p = _drop_reference(profile, np.where(in_range, ranges, 0.0), cos_inc)
+    kept = in_range & (u >= p)
+    r = ranges[kept] + (noise * profile.range_noise_std_m)[kept]
+    kept_idx = np.nonzero(kept)[0][r > 0]
+    r = r[r > 0]
+    points = origins[kept_idx] + r[:, None] * dirs[kept_idx]
+    return kept_idx, points, (int(np.isfinite(ranges).sum()), int(in_range.sum()), int(kept.sum()), len(kept_idx))
+
+
+def _drop_reference(profile, r_gate, cos_inc):
+    """tasks.lidar._drop_probability as numpy computed it before the kernel."""
     drop = profile.drop
-    p = np.full(ranges.shape, drop["random"])
+    p = np.full(r_gate.shape, drop["random"])
     g = drop["grazing_deg"]
     if g < 90.0 and drop["grazing_max"] > 0:
         inc = np.degrees(np.arccos(np.clip(cos_inc, 0.0, 1.0)))
@@ -183,12 +193,7 @@ def _returns_reference(profile, ranges, normals, origins, dirs, noise, u):
         p = 1 - (1 - p) * (1 - drop["far_max"] * np.clip((r_gate - f0) / (profile.max_range_m - f0), 0.0, 1.0))
     if profile.detection is not None:
         p = 1 - (1 - p) * detection_probability(profile.detection, r_gate)
-    kept = in_range & (u >= p)
-    r = ranges[kept] + (noise * profile.range_noise_std_m)[kept]
-    kept_idx = np.nonzero(kept)[0][r > 0]
-    r = r[r > 0]
-    points = origins[kept_idx] + r[:, None] * dirs[kept_idx]
-    return kept_idx, points, (int(np.isfinite(ranges).sum()), int(in_range.sum()), int(kept.sum()), len(kept_idx))
+    return p
 
 
 @pytest.mark.parametrize("sensor", ["hdl64e_kitti", "hdl32e", "livox_avia"])  # hdl32e has a link budget
@@ -212,11 +217,31 @@ def test_fused_returns_match_the_numpy_formulation(sensor):
     index = np.empty(n, np.int64)
     counts = _returns(ranges, normals, origins, dirs, noise, u, _detection_or_one(profile, ranges),
                       float(profile.min_range_m), float(profile.max_range_m), float(profile.range_noise_std_m),
-                      np.array(_drop_params(profile)), points, index)
+                      _drop_params(profile), points, index)
     ref_idx, ref_points, ref_counts = _returns_reference(profile, ranges, normals, origins, dirs, noise, u)
     assert counts == ref_counts and 0 < ref_counts[3] < ref_counts[2] < ref_counts[1] < ref_counts[0]
     assert index[:counts[3]].tobytes() == ref_idx.tobytes()
     assert points[:counts[3]].tobytes() == ref_points.tobytes()
+
+
+@pytest.mark.parametrize("sensor", ["hdl64e_kitti", "hdl32e", "vlp16"])
+def test_drop_probability_kernel_matches_the_numpy_formulation(sensor):
+    """Bit for bit where no arccos is taken (hdl32e: no grazing term, a link budget; head-on and grazing rays);
+    within an ulp of numpy's arccos otherwise."""
+    from tasks.lidar import _drop_probability
+
+    profile = load_profile(sensor)
+    rng = np.random.default_rng(5)
+    ranges = rng.uniform(0.0, profile.max_range_m * 1.1, 20_000)
+    cos_inc = rng.uniform(-0.1, 1.1, 20_000)
+    cos_inc[::7] = 1.0  # head-on: arccos(1) = 0 exactly
+    got = _drop_probability(profile, ranges, cos_inc)
+    ref = _drop_reference(profile, ranges, cos_inc)
+    if sensor == "hdl32e":
+        assert got.tobytes() == ref.tobytes()
+    else:
+        assert got[::7].tobytes() == ref[::7].tobytes()
+        assert np.abs(got - ref).max() <= 4e-15
 
 
 def _pattern_stats_reference(sparse, crop):
