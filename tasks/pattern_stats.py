@@ -31,12 +31,17 @@ def _return_counts(sparse, top, left, ch, cw):
     return crop_returns, first, rows_covered, points
 
 
+def _crop_box(h: int, w: int, crop: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the KITTI benchmark crop in an h x w image: bottom `crop[0]` rows, central
+    `crop[1]` columns, clipped to the image."""
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    return h - ch, (w - cw) // 2, ch, cw
+
+
 def bottom_centre_crop(a: np.ndarray, crop: tuple[int, int]) -> np.ndarray:
     """The KITTI benchmark crop: bottom `crop[0]` rows, central `crop[1]` columns (clipped to the image)."""
-    h, w = a.shape[:2]
-    ch, cw = min(crop[0], h), min(crop[1], w)
-    left = (w - cw) // 2
-    return a[h - ch:, left:left + cw]
+    top, left, ch, cw = _crop_box(a.shape[0], a.shape[1], crop)
+    return a[top:top + ch, left:left + cw]
 
 
 def pattern_stats(sparse: np.ndarray, *, crop: tuple[int, int] = (352, 1216), ring: np.ndarray | None = None) -> dict:
@@ -46,9 +51,8 @@ def pattern_stats(sparse: np.ndarray, *, crop: tuple[int, int] = (352, 1216), ri
     sparse = np.asarray(sparse)
     if sparse.ndim != 2:
         raise GeometryError(f"sparse depth must be 2-D, got shape {sparse.shape}")
-    h, w = sparse.shape
-    ch, cw = min(crop[0], h), min(crop[1], w)
-    crop_returns, first, rows_covered, points = _return_counts(sparse, h - ch, (w - cw) // 2, ch, cw)
+    top, left, ch, cw = _crop_box(sparse.shape[0], sparse.shape[1], crop)
+    crop_returns, first, rows_covered, points = _return_counts(sparse, top, left, ch, cw)
     out = {
         "density": crop_returns / (ch * cw) if ch * cw else 0.0,
         "first_row": first,
