@@ -90,7 +90,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
     from storage.cache import ArrayCache
     from tasks.build_config import BuildConfig
     from tasks.build_tasks import compact_teacher_output
-    from tasks.images import load_fitted
+    from tasks.images import load_fitted, resize_image
     from storage.root import read_uri
     from tasks.sensors import load_profile
     from tasks.shard_writer import _shard_buffers, teacher_at_canvas
@@ -136,16 +136,19 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
         for i, p in enumerate(images):
             data = clock.run("read", read_uri, str(p))
             digest = clock.run("hash", lambda d: hashlib.sha256(d).hexdigest(), data)
-            net_in = clock.run("decode at teacher size", load_fitted, data, name=str(p), canvas=(h, w), size=size)
+            # As the build's teacher stage: one decode to the canvas (the store's rgb), the teacher's input
+            # resampled from it.
+            canvas = clock.run("decode + fit canvas", load_fitted, data, name=str(p), canvas=(h, w))
+            net_in = clock.run("teacher input from the canvas", resize_image, canvas, size)
             pred = teacher.predict(net_in[None], batch_size=1)[0]  # the teacher: not counted
             key = hashlib.sha256(f"{rep}|{digest}".encode()).hexdigest()  # a fresh entry per round
             clock.run("teacher cache put", lambda: cache.put("teacher", key, compact_teacher_output(pred, h, w)))
+            arrays["rgb"][i] = canvas
             with cv2_threads(1):
-                canvas = clock.run("decode + fit canvas", load_fitted, data, name=str(p), canvas=(h, w))
                 t_out = clock.run("teacher cache get + upsample",
                                   lambda: teacher_at_canvas(cache.get("teacher", key), h, w))
                 t = time.process_time()
-                res = sim.simulate_sample(canvas, t_out, teacher_kind=teacher.output_kind, config=cfg,
+                res = sim.simulate_sample(None, t_out, teacher_kind=teacher.output_kind, config=cfg,
                                           profile=profile, seed=i)
                 clock.cpu["simulate_sample (total)"] += time.process_time() - t
             for name, a in res.arrays.items():
@@ -154,7 +157,10 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
                          "status": "ok", **res.stats})
         shard = 0 if rep == "warm-up" else 1
         for comp in (profiles if rep == "warm-up" else [*profiles, *profiles[::-1]]):  # ABBA
-            clock.run(f"store write [{comp}]", stores[comp].write_shard, shard, arrays, rows)
+            # The images as the teacher stage writes them (one thread here), then the rest with the manifest.
+            clock.run(f"store write [{comp}]", lambda: stores[comp].write_shard(
+                shard, {k: v for k, v in arrays.items() if k != "rgb"}, rows,
+                written={"rgb": stores[comp].write_array(shard, "rgb", arrays["rgb"])}))
     n = len(images)
     total_sim = clock.cpu.pop("simulate_sample (total)")
     inner = sum(v for k, v in clock.cpu.items() if k in ("depth policy", "mesh", "beams", "ray cast", "projection",
@@ -162,7 +168,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
     clock.cpu["drops, noise, other simulation"] = total_sim - inner
     for comp in profiles:  # each profile's shard was written twice
         clock.cpu[f"store write [{comp}]"] /= 2
-    order = ["read", "hash", "decode + fit canvas", "decode at teacher size", "teacher cache put",
+    order = ["read", "hash", "decode + fit canvas", "teacher input from the canvas", "teacher cache put",
              "teacher cache get + upsample", "depth policy", "mesh", "beams", "ray cast",
              "drops, noise, other simulation", "projection", "stats + encode"]
     print(f"(a) CPU per sample outside the teacher, {n} distinct photos, {h}x{w} canvas, {cfg.sensor}, one process:")

@@ -97,7 +97,7 @@ def _run_shards(store: DatasetStore, cache_dir: str, shards: dict[int, list[dict
         while order and len(teachers) < teacher_window:
             shard = order.pop(0)
             fut = teacher_shard.with_options(task_run_name=f"teacher-shard-{shard:05d}", tags=tags).submit(
-                cache_dir, shards[shard], cfg_d, teacher, shard)
+                str(store.path), cache_dir, shards[shard], cfg_d, teacher, shard)
             teachers[fut] = shard
         waiting.sort(key=lambda w: w[0])
         while waiting and len(writes) < write_window:

@@ -34,6 +34,8 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -333,31 +335,43 @@ class DatasetStore:
             self._consolidate()
 
     # ------------------------------------------------------------------ writing
-    def _check_arrays(self, shard: int, arrays: dict[str, np.ndarray], n_rows: int) -> dict[str, np.ndarray]:
+    def _check_arrays(self, shard: int, arrays: dict[str, np.ndarray], n_rows: int,
+                      written: Mapping[str, str]) -> dict[str, np.ndarray]:
         unknown = sorted(set(arrays) - set(ARRAYS))
-        missing = [n for n in ARRAYS if n not in arrays]
-        if unknown or missing:
-            raise StoreError(f"{self.url}: shard {shard}: arrays must be exactly {', '.join(ARRAYS)} "
-                             f"(missing {missing}, unknown {unknown})")
-        out = {}
-        for name, (_, shape_fn) in ARRAYS.items():
-            a = np.asarray(arrays[name])
-            want = (n_rows, *shape_fn(self.height, self.width))
-            if a.shape != want:
-                raise StoreError(f"{self.url}: shard {shard}: array {name} has shape {a.shape}, expected {want}")
-            dtype = self._dtypes[name]
-            # depth: metres <-> the KITTI uint16 form, whichever this store holds (uint16 / 256 is exact in float32)
-            if name == "depth" and dtype == np.uint16 and a.dtype != dtype:
-                a = depth_to_uint16(a)
-            elif name == "depth" and a.dtype == np.uint16 and dtype != np.uint16:
-                a = uint16_to_depth(a)
-            if a.dtype != dtype:
-                # float64 -> float32/16 is fine; floats into integer arrays would silently truncate.
-                if not np.can_cast(a.dtype, dtype, casting="same_kind"):
-                    raise StoreError(f"{self.url}: shard {shard}: array {name} has dtype {a.dtype}, expected {dtype}")
-                a = a.astype(dtype)
-            out[name] = a
-        return out
+        missing = [n for n in ARRAYS if n not in arrays and n not in written]
+        twice = sorted(set(arrays) & set(written))
+        if unknown or missing or twice:
+            raise StoreError(f"{self.url}: shard {shard}: arrays must be exactly {', '.join(ARRAYS)}, each given or "
+                             f"written before (missing {missing}, unknown {unknown}, both {twice})")
+        return {name: self._check_array(shard, name, arrays[name], n_rows) for name in ARRAYS if name in arrays}
+
+    def _check_array(self, shard: int, name: str, array: np.ndarray, n_rows: int) -> np.ndarray:
+        a = np.asarray(array)
+        want = (n_rows, *sample_shape(name, self.height, self.width))
+        if a.shape != want:
+            raise StoreError(f"{self.url}: shard {shard}: array {name} has shape {a.shape}, expected {want}")
+        dtype = self._dtypes[name]
+        # depth: metres <-> the KITTI uint16 form, whichever this store holds (uint16 / 256 is exact in float32)
+        if name == "depth" and dtype == np.uint16 and a.dtype != dtype:
+            a = depth_to_uint16(a)
+        elif name == "depth" and a.dtype == np.uint16 and dtype != np.uint16:
+            a = uint16_to_depth(a)
+        if a.dtype != dtype:
+            # float64 -> float32/16 is fine; floats into integer arrays would silently truncate.
+            if not np.can_cast(a.dtype, dtype, casting="same_kind"):
+                raise StoreError(f"{self.url}: shard {shard}: array {name} has dtype {a.dtype}, expected {dtype}")
+            a = a.astype(dtype)
+        return a
+
+    def _check_shard(self, shard: int, n_rows: int) -> int:
+        self._require_writable()
+        shard = int(shard)
+        if not 0 <= shard < self.n_shards_allocated:
+            raise StoreError(f"{self.url}: shard {shard} is not allocated "
+                             f"({self.n_shards_allocated} shards; call ensure_shards first)")
+        if not 1 <= n_rows <= self.shard_size:
+            raise StoreError(f"{self.url}: shard {shard}: {n_rows} rows, expected 1..{self.shard_size}")
+        return shard
 
     def shard_object(self, name: str, shard: int) -> str:
         """Relative key of the object holding ``shard`` of array ``name``."""
@@ -365,72 +379,105 @@ class DatasetStore:
 
     def shard_hashes(self, shard: int) -> dict[str, str]:
         """sha256 of each array's stored object for ``shard`` (FileNotFoundError if one is missing)."""
-        return {name: hashlib.sha256(self.root.read_bytes(self.shard_object(name, shard))).hexdigest()
-                for name in ARRAYS}
+        return self.shard_hashes_of(ARRAYS, shard)
 
-    def write_shard(self, shard: int, arrays: dict[str, np.ndarray], rows: list[dict]) -> dict:
+    def shard_hashes_of(self, names: Iterable[str], shard: int) -> dict[str, str]:
+        """sha256 of the stored objects of arrays ``names`` for ``shard`` (FileNotFoundError if one is missing)."""
+        return {name: hashlib.sha256(self.root.read_bytes(self.shard_object(name, shard))).hexdigest()
+                for name in names}
+
+    def write_shard(self, shard: int, arrays: dict[str, np.ndarray], rows: list[dict], *,
+                    written: Mapping[str, str] | None = None) -> dict:
         """Write one whole shard: arrays (leading dim n_rows <= shard_size) + its n_rows manifest rows.
 
         Order (crash-safe): delete this shard's manifest part -> write every array's shard region
         [shard*S, (shard+1)*S) as one whole object replacing the old one (rows past n_rows are padding = fill
         value, so a rewrite with fewer rows leaves no stale samples) -> hash the written shard objects -> publish
         the manifest part (rows + hashes + this shard's plan rows) in one whole-file write.
+        ``written`` = {name: sha256} for arrays already written by :meth:`write_array` since the shard was
+        uncommitted (the build writes rgb where it decodes the photos); they are left out of ``arrays``.
         Same input gives byte-identical files. Returns {"shard", "n_rows", "n_ok", "manifest"}.
         """
         from storage.plan import plan_rows_for_shard
 
-        self._require_writable()
-        shard = int(shard)
-        if not 0 <= shard < self.n_shards_allocated:
-            raise StoreError(f"{self.url}: shard {shard} is not allocated "
-                             f"({self.n_shards_allocated} shards; call ensure_shards first)")
         n_rows = len(rows)
-        if not 1 <= n_rows <= self.shard_size:
-            raise StoreError(f"{self.url}: shard {shard}: {n_rows} rows, expected 1..{self.shard_size}")
-        checked = self._check_arrays(shard, arrays, n_rows)
+        shard = self._check_shard(shard, n_rows)
+        written = dict(written or {})
+        checked = self._check_arrays(shard, arrays, n_rows, written)
+        for name in written:
+            if not self.root.exists(self.shard_object(name, shard)):
+                raise StoreError(f"{self.root.full(self.shard_object(name, shard))}: shard object written before "
+                                 "this shard's write is missing")
         sensor = str(self._group.attrs.get("sensor", ""))
         table = mf.rows_to_table(mf.normalize_rows(rows, shard=shard, shard_size=self.shard_size, sensor=sensor))
 
         part = f"{mf.MANIFEST_DIR}/{mf.part_name(shard)}"
         self.root.delete(part)
         self._parts.pop(shard, None)
-        start, stop = shard * self.shard_size, (shard + 1) * self.shard_size
-        hashes = {}
+        hashes = dict(written)
         encoded_shards: dict[str, bytes] = {}
+        through_zarr = False
         for name, a in checked.items():
-            if n_rows < self.shard_size:
-                padded = np.zeros((self.shard_size, *a.shape[1:]), dtype=a.dtype)
-                padded[:n_rows] = a
-                a = padded
-            # The shard object encoded here (zarr-python's bytes with ~5 ms/sample less CPU: storage.shard_encoding)
-            # and published whole; zarr-python writes only the codec chains that module does not handle.
-            encoded = encode_shard_parts(self._arrays[name], a)
-            if encoded is None:
-                # The shard is rewritten whole: drop the old object first, so zarr never merges with (or trips
-                # over) what was there, e.g. a damaged shard that verify marked for repair. (An encoded object
-                # needs no delete: it replaces the old one whole, a rename locally, one PUT on object storage.)
-                self.root.delete(self.shard_object(name, shard))
-                with _quiet_zarr():
-                    self._arrays[name][start:stop] = a
-                continue
-            digest = hashlib.sha256()
-            for piece in encoded:
-                digest.update(piece)
-            hashes[name] = digest.hexdigest()
-            # Not fsynced: the part's sha256 catches a lost write. On object storage the objects are PUT together
-            # below (one round trip of latency, not one per array); locally each is written at once (less memory),
-            # straight from the encoded pieces (no joined copy of the object first).
-            if self.root.remote:
-                encoded_shards[self.shard_object(name, shard)] = b"".join(encoded)
+            digest = self._put_array(shard, name, a, encoded_shards if self.root.remote else None)
+            if digest is None:
+                through_zarr = True
             else:
-                self.root.write_bytes(self.shard_object(name, shard), encoded, durable=False)
+                hashes[name] = digest
         self.root.write_many(encoded_shards, durable=False)  # before the manifest part that commits them
-        if len(hashes) < len(checked):  # some went through zarr-python: hash what it stored
+        if through_zarr:  # some went through zarr-python: hash what it stored
             hashes = {**self.shard_hashes(shard), **hashes}
         table = mf.with_integrity(table, shard_sha256=hashes, plan=plan_rows_for_shard(self.root, shard))
         mf.write_part(self.root.full(part), table)
         n_ok = sum(1 for s in table.column("status").to_pylist() if s == "ok")
         return {"shard": shard, "n_rows": n_rows, "n_ok": n_ok, "manifest": self.root.full(part)}
+
+    def write_array(self, shard: int, name: str, data: np.ndarray, *, executor: Executor | None = None) -> str:
+        """Write one array's object of ``shard`` ahead of :meth:`write_shard` (which then takes the returned sha256
+        in ``written``); ``data`` holds the shard's first n_rows samples. The shard is uncommitted first, so a
+        reader never pairs this object with an older manifest part. ``executor`` (threads) encodes the chunks
+        side by side. Why: the build decodes each photo once, where the teacher's input is made, and writes the
+        image there instead of decoding it again in the simulation process."""
+        shard = self._check_shard(shard, len(data))
+        a = self._check_array(shard, name, data, len(data))
+        self.uncommit_shard(shard)
+        batch: dict[str, bytes] | None = {} if self.root.remote else None
+        digest = self._put_array(shard, name, a, batch, executor)
+        if batch:
+            self.root.write_many(batch, durable=False)
+        return digest if digest is not None else self.shard_hashes_of([name], shard)[name]
+
+    def _put_array(self, shard: int, name: str, a: np.ndarray, batch: dict[str, bytes] | None,
+                   executor: Executor | None = None) -> str | None:
+        """Write array ``name``'s object of ``shard`` whole (padded to shard_size with the fill value); return its
+        sha256, or None when zarr-python wrote it (a codec chain storage.shard_encoding does not handle). With a
+        ``batch`` (object storage) the object is added to it instead, for one write_many of the shard's objects."""
+        if len(a) < self.shard_size:
+            padded = np.zeros((self.shard_size, *a.shape[1:]), dtype=a.dtype)
+            padded[:len(a)] = a
+            a = padded
+        # The shard object encoded here (zarr-python's bytes with ~5 ms/sample less CPU: storage.shard_encoding)
+        # and published whole; zarr-python writes only the codec chains that module does not handle.
+        encoded = encode_shard_parts(self._arrays[name], a, executor)
+        if encoded is None:
+            # The shard is rewritten whole: drop the old object first, so zarr never merges with (or trips
+            # over) what was there, e.g. a damaged shard that verify marked for repair. (An encoded object
+            # needs no delete: it replaces the old one whole, a rename locally, one PUT on object storage.)
+            self.root.delete(self.shard_object(name, shard))
+            start = shard * self.shard_size
+            with _quiet_zarr():
+                self._arrays[name][start:start + self.shard_size] = a
+            return None
+        digest = hashlib.sha256()
+        for piece in encoded:
+            digest.update(piece)
+        # Not fsynced: the part's sha256 catches a lost write. On object storage the objects are PUT together
+        # (one round trip of latency, not one per array); locally each is written at once (less memory),
+        # straight from the encoded pieces (no joined copy of the object first).
+        if batch is not None:
+            batch[self.shard_object(name, shard)] = b"".join(encoded)
+        else:
+            self.root.write_bytes(self.shard_object(name, shard), encoded, durable=False)
+        return digest.hexdigest()
 
     def uncommit_shard(self, shard: int) -> None:
         """Remove a shard's manifest part: readers stop seeing it and repair rebuilds it."""

@@ -1,17 +1,19 @@
 """Prefect tasks of the dataset build: one chain per *shard*, never per image.
 
-teacher_shard -> read + hash each distinct input of the shard; for those whose teacher output is not cached,
-                 decode straight to the teacher's network size and run the teacher in fixed-size batches
-                 (one session per process; the device serves one shard's batches at a time, lowest started
-                 shard first); outputs go to the teacher cache as float16 at the network's own resolution
-                 (or the canvas's, if the network ran larger)
-write_shard   -> decode each input to the canvas, read its teacher output from the cache, depth policy +
-                 mesh + LiDAR, one whole-shard store write (tasks.shard_writer), in the simulation process
-                 pool beside the teacher (tasks.sim_pool) or in the task's own process
+teacher_shard -> read + hash each distinct input of the shard, decode it once to the canvas and write the
+                 shard's images (the store's rgb object: the only copy of the canvas); for inputs whose teacher
+                 output is not cached, resample the canvas to the teacher's network size and run the teacher in
+                 fixed-size batches (one session per process; the device serves one shard's batches at a time,
+                 lowest started shard first); outputs go to the teacher cache as float16 at the network's own
+                 resolution (or the canvas's, if the network ran larger)
+write_shard   -> read each teacher output from the cache, depth policy + mesh + LiDAR, then the shard's other
+                 arrays and its manifest part (the commit marker) in one store write (tasks.shard_writer), in the
+                 simulation process pool beside the teacher (tasks.sim_pool) or in the task's own process
 
 Only small references (cache keys, hashes, counts, statuses) travel through Prefect results. Nothing is
-written twice: the canvas is decoded again instead of cached, and the store is the only copy of it. Every
-task is an idempotent, seeded unit (Kubric style): a rerun after a crash recomputes exactly the same bytes.
+written twice and nothing is decoded twice: the canvas goes straight into the store where it is decoded, and
+the simulation never needs its pixels. Every task is an idempotent, seeded unit (Kubric style): a rerun after a
+crash recomputes exactly the same bytes.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import hashlib
 import heapq
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from prefect import get_run_logger, task
@@ -60,7 +62,9 @@ RETRY = dict(
 # Version of the teacher-input preprocessing (decode + crop + resample to the network size) and of the cached
 # value's form (float16 at the network resolution); bump it when either changes, and old entries are unused.
 # 3: reductions by 1.5x or more through tasks.images.area_reduce instead of OpenCV's INTER_AREA.
-TEACHER_PREP_VERSION = 3
+# 4: the teacher's input is the canvas resampled to the network size (tasks.images.resize_image), not a second
+#    decode of the photo: each photo is decoded once.
+TEACHER_PREP_VERSION = 4
 
 
 def teacher_key(content_hash: str, teacher: dict, config: BuildConfig) -> str:
@@ -206,47 +210,69 @@ def teacher_tags() -> list[str]:
 
 
 # ---------------------------------------------------------------- tasks
-# Threads that decode a shard's images for the teacher. libjpeg-turbo (simplejpeg) and OpenCV's resize run
-# without the GIL, so they decode in parallel; a GPU teacher consumes images far faster than one core decodes
-# them (~4-9 ms each at 352x1216).
-TEACHER_DECODE_THREADS = max(1, min(4, os.cpu_count() or 1))
+# Threads that decode a shard's photos to the canvas, make the teacher's inputs and encode the images.
+# libjpeg-turbo (simplejpeg), OpenCV's resize and Blosc run without the GIL, so they work in parallel; a GPU
+# teacher consumes images far faster than one core prepares them (~10 ms each at 352x1216, encoding included).
+TEACHER_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
-def _decoded_for_teacher(todo: list[tuple[str, str, bytes]], cfg: BuildConfig, size: tuple[int, int],
-                         out: dict[str, dict]) -> Iterator[tuple[str, str, np.ndarray]]:
-    """Yield (uri, key, image at network size) in ``todo``'s order, decoded by TEACHER_DECODE_THREADS threads;
-    a bad image is marked quarantined in ``out`` instead."""
-    from concurrent.futures import ThreadPoolExecutor
+def _decode_shard(inputs: dict[str, bytes], todo: dict[str, str], cfg: BuildConfig, size: tuple[int, int] | None,
+                  out: dict[str, dict], pool) -> tuple[dict[str, np.ndarray], list[tuple[str, str, np.ndarray]]]:
+    """Decode every input to the canvas in ``pool``'s threads: returns ({uri: canvas}, [(uri, key, teacher input)]
+    for the uris in ``todo`` = {uri: teacher key}, in ``inputs``' order). A bad image is marked quarantined in
+    ``out`` instead."""
+    from tasks.images import resize_image
 
-    def decode(item: tuple[str, str, bytes]) -> np.ndarray | InputError:
-        uri, _, data = item
+    def decode(item: tuple[str, bytes]) -> tuple[np.ndarray, np.ndarray | None] | InputError:
+        uri, data = item
         try:
-            return load_fitted(data, name=uri, canvas=(cfg.height, cfg.width), size=size)
+            canvas = load_fitted(data, name=uri, canvas=(cfg.height, cfg.width))
         except InputError as exc:
             return exc
+        return canvas, (resize_image(canvas, size) if uri in todo else None)
 
-    with opencv_single_threaded(), \
-            ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
-        for (uri, key, _), image in zip(todo, pool.map(decode, todo)):
-            if isinstance(image, InputError):
-                out[uri] = {"status": "quarantined", "reason": str(image), "content_hash": out[uri]["content_hash"]}
-            else:
-                yield uri, key, image
+    canvases: dict[str, np.ndarray] = {}
+    net_inputs: list[tuple[str, str, np.ndarray]] = []
+    for uri, res in zip(inputs, pool.map(decode, inputs.items())):
+        if isinstance(res, InputError):
+            out[uri] = {"status": "quarantined", "reason": str(res), "content_hash": out[uri]["content_hash"]}
+            continue
+        canvases[uri] = res[0]
+        if res[1] is not None:
+            net_inputs.append((uri, todo[uri], res[1]))
+    return canvases, net_inputs
+
+
+def _write_images(store_path: str, shard: int, samples: list[dict], canvases: dict[str, np.ndarray],
+                  cfg: BuildConfig, pool) -> str:
+    """Write the shard's rgb object (quarantined rows hold the fill value, 0) and return its sha256."""
+    from storage.store import DatasetStore
+
+    rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)
+    for i, s in enumerate(samples):
+        if s["uri"] in canvases:
+            rgb[i] = canvases[s["uri"]]
+    return DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=pool)
 
 
 @task(name="teacher-shard", **RETRY)
-def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: dict, shard: int = 0) -> dict:
-    """Hash each distinct input of the shard and make sure its teacher output is in the cache.
+def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: dict, teacher: dict,
+                  shard: int = 0) -> dict:
+    """Read, hash and decode each distinct input of the shard once; write the shard's images; make sure each
+    input's teacher output is in the cache.
 
-    Returns {"inputs": {uri: info}, "computed": n, "cached": m} where info is {"status": "ok",
-    "content_hash", "teacher_key"} or {"status": "quarantined", "reason"}. Batches have a fixed size (the
-    last one padded) so an image's output bits never depend on which other images shared its batch; lower
-    ``shard`` numbers get the teacher first (ShardOrderedLock).
+    Returns {"inputs": {uri: info}, "computed": n, "cached": m, "rgb_sha256": hash of the rgb object} where
+    info is {"status": "ok", "content_hash", "teacher_key"} or {"status": "quarantined", "reason"}. Batches
+    have a fixed size (the last one padded) so an image's output bits never depend on which other images shared
+    its batch; lower ``shard`` numbers get the teacher first (ShardOrderedLock).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     cfg = BuildConfig.from_dict(config)
     cache = ArrayCache(cache_dir)
     out: dict[str, dict] = {}
-    todo: list[tuple[str, str, bytes]] = []
+    inputs: dict[str, bytes] = {}
+    todo: dict[str, str] = {}  # uri -> teacher key, for outputs not cached yet
     for uri, data in read_uris(s["uri"] for s in samples).items():  # remote inputs fetched concurrently
         if isinstance(data, OSError):
             why = "is a directory" if isinstance(data, IsADirectoryError) else "file not found"
@@ -255,29 +281,46 @@ def teacher_shard(cache_dir: str, samples: list[dict], config: dict, teacher: di
         content_hash = hashlib.sha256(data).hexdigest()
         key = teacher_key(content_hash, teacher, cfg)
         out[uri] = {"status": "ok", "content_hash": content_hash, "teacher_key": key}
+        inputs[uri] = data
         if not cache.has("teacher", key):
-            todo.append((uri, key, data))
+            todo[uri] = key
+    model = get_teacher(teacher) if todo else None
+    size = model.input_size(cfg.height, cfg.width) if model is not None else None
+    # Store paths stay absolute for pool workers and Dask workers alike (see write_shard).
+    store_path = store_path if "://" in store_path else os.path.abspath(store_path)
     computed = 0
-    if todo:
-        model = get_teacher(teacher)
-        size = model.input_size(cfg.height, cfg.width)
-        bs = int(teacher["batch_size"])
-        batches, preds = _predict_in_shard_order(model, shard, _decoded_for_teacher(todo, cfg, size, out), bs)
-        for batch, pred in zip(batches, preds):
-            computed += _cache_outputs(batch, pred, cache, cfg, teacher)
-        get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
+    with opencv_single_threaded(), \
+            ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
+
+        rgb_sha256 = ""
+
+        def prepare() -> list[tuple[str, str, np.ndarray]]:
+            nonlocal rgb_sha256
+            canvases, net_inputs = _decode_shard(inputs, todo, cfg, size, out, pool)
+            rgb_sha256 = _write_images(store_path, shard, samples, canvases, cfg, pool)
+            return net_inputs
+
+        if model is None:
+            prepare()
+        else:
+            bs = int(teacher["batch_size"])
+            batches, preds = _predict_in_shard_order(model, shard, prepare, bs)
+            for batch, pred in zip(batches, preds):
+                computed += _cache_outputs(batch, pred, cache, cfg, teacher)
+            get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
     n_ok = sum(i["status"] == "ok" for i in out.values())
-    return {"inputs": out, "computed": computed, "cached": n_ok - computed}
+    return {"inputs": out, "computed": computed, "cached": n_ok - computed, "rgb_sha256": rgb_sha256}
 
 
-def _predict_in_shard_order(model, shard: int, decoding: Iterator[tuple[str, str, np.ndarray]],
+def _predict_in_shard_order(model, shard: int, prepare: Callable[[], list[tuple[str, str, np.ndarray]]],
                             bs: int) -> tuple[list[list], list[np.ndarray]]:
-    """Decode the whole shard (``decoding``, consumed here) after taking a place in the shard-ordered device
-    lock, then run every batch in one turn of it: a lower shard that is still decoding goes first, so shard
-    k's outputs are complete before shard k+1 gets the device. (A module-level helper, not inline in the task:
-    Dask pickles the task function by value, and a lock among its globals does not pickle.)"""
+    """Prepare the shard (``prepare``: decode, write the images, return the teacher's inputs) after taking a
+    place in the shard-ordered device lock, then run every batch in one turn of it: a lower shard that is still
+    decoding goes first, so shard k's outputs are complete before shard k+1 gets the device. (A module-level
+    helper, not inline in the task: Dask pickles the task function by value, and a lock among its globals does
+    not pickle.)"""
     with _TEACHER_RUN_LOCK.enter(shard) as turn:
-        decoded = list(decoding)
+        decoded = prepare()
         batches = [decoded[i:i + bs] for i in range(0, len(decoded), bs)]
         with _TEACHER_RUN_LOCK.hold(turn):
             preds = [_predict_batch(model, batch, bs) for batch in batches]
@@ -317,4 +360,4 @@ def write_shard(
     # Pool workers keep the working directory they were started in: hand them absolute local paths.
     store_path, cache_dir = (p if "://" in p else os.path.abspath(p) for p in (store_path, cache_dir))
     return run_in_pool(sim_workers, simulate_and_write_shard, store_path, cache_dir, shard, samples,
-                       teacher_result["inputs"], config, teacher, key)
+                       teacher_result["inputs"], config, teacher, key, teacher_result["rgb_sha256"])

@@ -213,6 +213,13 @@ def _crop_resize(a: np.ndarray, canvas: tuple[int, int], size: tuple[int, int], 
     return cv2.resize(crop, (out_w, out_h), interpolation=cv2.INTER_LINEAR)  # OpenCV reads the crop view in place
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 (h, w, 3) image (a canvas) resampled to ``size`` = (h, w) the way :func:`load_fitted` resamples a
+    photo's canvas region: the area filter for reductions of 1.5x or more, else bilinear. The build makes the
+    teacher's input this way from the canvas it has decoded, so each photo is decoded once."""
+    return _crop_resize(image, image.shape[:2], size)
+
+
 def _dct_factor(need: float) -> int:
     """Largest libjpeg reduction 1/f (f = 1, 2, 4, 8) that still gives at least ``need`` x the full size.
     Only powers of two: the other M/8 factors decode no faster than full size (measured)."""

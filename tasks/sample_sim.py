@@ -27,7 +27,7 @@ class SimulatedSample:
 
 
 def simulate_sample(
-    canvas: np.ndarray,
+    canvas: np.ndarray | None,
     teacher_output: np.ndarray,
     *,
     teacher_kind: str,
@@ -35,11 +35,13 @@ def simulate_sample(
     profile: SensorProfile,
     seed: int,
 ) -> SimulatedSample:
+    """The sample's store arrays and manifest statistics. The canvas (the photo at the dataset's size) is only
+    stored, never read by the simulation: ``canvas=None`` (the build, whose teacher stage writes the images)
+    leaves "rgb" out of the arrays."""
     h, w = config.height, config.width
-    if canvas.shape != (h, w, 3) or teacher_output.shape != (h, w):
-        raise ValueError(
-            f"canvas {canvas.shape} / teacher output {teacher_output.shape} do not match the dataset's {h}x{w}"
-        )
+    if (canvas is not None and canvas.shape != (h, w, 3)) or teacher_output.shape != (h, w):
+        raise ValueError(f"canvas {None if canvas is None else canvas.shape} / teacher output "
+                         f"{teacher_output.shape} do not match the dataset's {h}x{w}")
     K = intrinsics_for_canvas(h, w, fx=config.focal)
     policy = DepthPolicy(near_m=config.near_m, far_m=config.far_m, max_depth_m=config.max_depth_m)
     depth, policy_info = disparity_to_depth(teacher_output, kind=teacher_kind, seed=seed, policy=policy)
@@ -71,7 +73,7 @@ def simulate_sample(
         "depth_shift": float(policy_info.get("shift", np.nan)),
     }
     arrays = {
-        "rgb": canvas,
+        **({"rgb": canvas} if canvas is not None else {}),
         "teacher_output": np.asarray(teacher_output, dtype=np.float16),  # no copy when already float16
         "depth": depth_u16,
         "sparse": sparse,

@@ -1,25 +1,23 @@
-"""The CPU side of one build shard, as a plain function: decode -> simulate every sample -> one store write.
+"""The CPU side of one build shard, as a plain function: simulate every sample -> one store write.
 
 No Prefect here: ``tasks.build_tasks.write_shard`` runs this in the simulation process pool
 (``tasks.sim_pool``) or in its own process, and the result (a small dict) travels back. Every input the
 function needs is a path, a key or a small dict, so it pickles cheaply; the teacher's outputs are read from
 the teacher cache whether they were computed a second ago or by a build last week, so both paths give the
-same bytes.
+same bytes. The images are not decoded here: the teacher stage decoded each photo once and wrote the shard's
+rgb object (``rgb_sha256``); the simulation never reads the pixels.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 
 import numpy as np
 
 from storage.cache import ArrayCache
-from storage.root import input_reader
 from storage.store import ARRAYS, DatasetStore, sample_shape
 from tasks.build_config import BuildConfig
-from tasks.errors import InputError, MonolidarError
+from tasks.errors import MonolidarError
 from tasks.float16 import float16_to_float32, to_float16
-from tasks.images import load_fitted
 
 
 def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -34,9 +32,13 @@ def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarra
     return to_float16(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
-def _shard_buffers(n: int, height: int, width: int) -> dict[str, np.ndarray]:
+def _shard_buffers(n: int, height: int, width: int, names=tuple(ARRAYS)) -> dict[str, np.ndarray]:
     # Filled in place (no per-sample list + np.stack copy); zeros = the store's fill value for bad rows.
-    return {name: np.zeros((n, *sample_shape(name, height, width)), dtype=dt) for name, (dt, _) in ARRAYS.items()}
+    return {name: np.zeros((n, *sample_shape(name, height, width)), dtype=ARRAYS[name][0]) for name in names}
+
+
+# Arrays the shard writer fills: all but the images, which the teacher stage wrote (tasks.build_tasks).
+SIMULATED_ARRAYS = tuple(name for name in ARRAYS if name != "rgb")
 
 
 def simulate_and_write_shard(
@@ -48,12 +50,14 @@ def simulate_and_write_shard(
     config: dict,
     teacher: dict,
     key: str,
+    rgb_sha256: str,
 ) -> dict:
     """Simulate every planned sample of ``shard`` and write the shard whole (arrays, then manifest part).
 
     ``prepared`` is the teacher task's result: {uri: {"status": "ok", "content_hash", "teacher_key"} or
-    {"status": "quarantined", "reason", ...}}. A bad input is quarantined, a deterministic per-sample
-    failure is recorded as ``failed`` with its message; I/O errors propagate so the task is retried.
+    {"status": "quarantined", "reason", ...}}; ``rgb_sha256`` the hash of the rgb object it wrote. A
+    deterministic per-sample failure is recorded as ``failed`` with its message (its row of the images keeps the
+    photo, the other arrays the fill value); I/O errors propagate so the task is retried.
     Returns {"shard", "n_rows", "n_ok", "manifest", "status", "lidar_density_mean", "cpu_s"}.
     """
     from tasks.sample_sim import simulate_sample
@@ -64,8 +68,7 @@ def simulate_and_write_shard(
     cache = ArrayCache(cache_dir)
     profile = load_profile(cfg.sensor)
     store = DatasetStore.open(store_path, mode="r+")
-    arrays = _shard_buffers(len(samples), cfg.height, cfg.width)
-    read_input = input_reader(s["uri"] for s in samples if prepared[s["uri"]]["status"] == "ok")
+    arrays = _shard_buffers(len(samples), cfg.height, cfg.width, SIMULATED_ARRAYS)
     rows = []
     for i, s in enumerate(samples):
         uri = s["uri"]
@@ -88,18 +91,9 @@ def simulate_and_write_shard(
             row.update(status="quarantined", reason=info["reason"])
             continue
         try:
-            data = read_input(uri)
-            if isinstance(data, OSError):
-                raise InputError(f"{uri}: file not found")
-            if hashlib.sha256(data).hexdigest() != info["content_hash"]:
-                raise InputError(f"{uri}: file changed during the build (content hash differs); build again")
-            canvas = load_fitted(data, name=uri, canvas=(cfg.height, cfg.width))
             t_out = teacher_at_canvas(cache.get("teacher", info["teacher_key"]), cfg.height, cfg.width)
-            sim = simulate_sample(canvas, t_out, teacher_kind=teacher["output_kind"], config=cfg, profile=profile,
+            sim = simulate_sample(None, t_out, teacher_kind=teacher["output_kind"], config=cfg, profile=profile,
                                   seed=s["seed"])
-        except InputError as exc:
-            row.update(status="quarantined", reason=str(exc))
-            continue
         except MonolidarError as exc:  # deterministic per-sample failure: record it, finish the shard
             row.update(status="failed", reason=f"{uri}: {exc}")
             continue
@@ -109,7 +103,7 @@ def simulate_and_write_shard(
         for name, a in sim.arrays.items():
             arrays[name][i] = a
         row.update(sim.stats)
-    result = store.write_shard(shard, arrays, rows)
+    result = store.write_shard(shard, arrays, rows, written={"rgb": rgb_sha256})
     result["status"] = {st: sum(r["status"] == st for r in rows) for st in ("ok", "quarantined", "failed")}
     dens = [r["lidar_density"] for r in rows if r["status"] == "ok"]
     result["lidar_density_mean"] = float(np.mean(dens)) if dens else 0.0

@@ -56,27 +56,33 @@ def test_teacher_tasks_are_tagged_only_when_a_server_limit_can_act_on_the_tag(pr
 
 
 def test_teacher_decode_threads_keep_order_and_quarantine_bad_images():
-    """The threaded teacher-input decode yields exactly what one thread would, in input order, and marks a
-    damaged image quarantined (with its reason) without stopping the others."""
+    """The threaded shard decode gives exactly what one thread would: every good photo at the canvas, the
+    teacher's input (the canvas resampled) only for the inputs still to infer, in input order; a damaged image
+    is marked quarantined (with its reason) without stopping the others."""
+    from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
     import numpy as np
 
     from tasks.build_config import BuildConfig
-    from tasks.build_tasks import _decoded_for_teacher
-    from tasks.images import load_fitted
+    from tasks.build_tasks import _decode_shard
+    from tasks.images import load_fitted, resize_image
 
     demo = sorted((Path(__file__).resolve().parent.parent / "flows" / "demo_images").glob("*.jpg"))
     good = [p.read_bytes() for p in demo]
     datas = good[:3] + [good[3][:200]] + good[3:]  # a truncated JPEG in the middle
-    todo = [(f"img{i}", f"{i:064x}", d) for i, d in enumerate(datas)]
-    out = {uri: {"status": "ok", "content_hash": "h"} for uri, _, _ in todo}
+    inputs = {f"img{i}": d for i, d in enumerate(datas)}
+    todo = {uri: f"{i:064x}" for i, uri in enumerate(inputs) if i != 1}  # img1's output is cached
+    out = {uri: {"status": "ok", "content_hash": "h"} for uri in inputs}
     cfg = BuildConfig(height=64, width=192)
-    got = list(_decoded_for_teacher(todo, cfg, (42, 126), out))
-    assert [uri for uri, _, _ in got] == [uri for uri, _, _ in todo if uri != "img3"]
-    for uri, key, image in got:
-        i = int(uri[3:])
-        assert key == todo[i][1]
-        assert np.array_equal(image, load_fitted(datas[i], name=uri, canvas=(64, 192), size=(42, 126)))
+    with ThreadPoolExecutor(3) as pool:
+        canvases, net_inputs = _decode_shard(inputs, todo, cfg, (42, 126), out, pool)
+    assert list(canvases) == [uri for uri in inputs if uri != "img3"]
+    for uri, canvas in canvases.items():
+        assert np.array_equal(canvas, load_fitted(inputs[uri], name=uri, canvas=(64, 192)))
+    assert [uri for uri, _, _ in net_inputs] == [uri for uri in todo if uri != "img3"]
+    for uri, key, image in net_inputs:
+        assert key == todo[uri] and image.shape == (42, 126, 3)
+        assert np.array_equal(image, resize_image(canvases[uri], (42, 126)))
     assert out["img3"]["status"] == "quarantined" and "img3" in out["img3"]["reason"]
     assert all(out[u]["status"] == "ok" for u in out if u != "img3")
