@@ -1,7 +1,7 @@
 """A content-addressed array cache that lives beside dataset stores: the build's teacher outputs.
 
-The dataset store is the cache for everything the build writes (canvases are never cached: decoding again
-at reduced size is cheaper than a write + read). Only the teacher's outputs are kept here, so that a rebuild
+The dataset store is the cache for everything the build writes (canvases are never cached: each photo is
+decoded once, where its image is written into the store). Only the teacher's outputs are kept here, so that a rebuild
 with another sensor, seed or depth policy runs no teacher inference, even in a new process:
 
 * ``teacher/<key[:2]>/<key>.npy.zst`` – the teacher's raw output for one image at its own (network)

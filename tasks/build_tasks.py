@@ -216,43 +216,31 @@ def teacher_tags() -> list[str]:
 TEACHER_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
-def _decode_shard(inputs: dict[str, bytes], todo: dict[str, str], cfg: BuildConfig, size: tuple[int, int] | None,
-                  out: dict[str, dict], pool) -> tuple[dict[str, np.ndarray], list[tuple[str, str, np.ndarray]]]:
-    """Decode every input to the canvas in ``pool``'s threads: returns ({uri: canvas}, [(uri, key, teacher input)]
-    for the uris in ``todo`` = {uri: teacher key}, in ``inputs``' order). A bad image is marked quarantined in
-    ``out`` instead."""
+def _decode_shard(inputs: dict[str, bytes], rows: dict[str, list[int]], todo: dict[str, str], cfg: BuildConfig,
+                  size: tuple[int, int] | None, out: dict[str, dict], pool,
+                  rgb: np.ndarray) -> list[tuple[str, str, np.ndarray]]:
+    """Decode every input to the canvas in ``pool``'s threads, straight into its ``rows`` of the shard's image
+    buffer ``rgb``; return [(uri, key, teacher input)] for the uris in ``todo`` = {uri: teacher key}, in
+    ``inputs``' order. A bad image is marked quarantined in ``out`` instead (its rows stay 0, the fill value)."""
     from tasks.images import resize_image
 
-    def decode(item: tuple[str, bytes]) -> tuple[np.ndarray, np.ndarray | None] | InputError:
+    def decode(item: tuple[str, bytes]) -> np.ndarray | None | InputError:
         uri, data = item
         try:
             canvas = load_fitted(data, name=uri, canvas=(cfg.height, cfg.width))
         except InputError as exc:
             return exc
-        return canvas, (resize_image(canvas, size) if uri in todo else None)
+        for i in rows[uri]:  # each thread writes only its own input's rows
+            rgb[i] = canvas
+        return resize_image(canvas, size) if uri in todo else None
 
-    canvases: dict[str, np.ndarray] = {}
     net_inputs: list[tuple[str, str, np.ndarray]] = []
     for uri, res in zip(inputs, pool.map(decode, inputs.items())):
         if isinstance(res, InputError):
             out[uri] = {"status": "quarantined", "reason": str(res), "content_hash": out[uri]["content_hash"]}
-            continue
-        canvases[uri] = res[0]
-        if res[1] is not None:
-            net_inputs.append((uri, todo[uri], res[1]))
-    return canvases, net_inputs
-
-
-def _write_images(store_path: str, shard: int, samples: list[dict], canvases: dict[str, np.ndarray],
-                  cfg: BuildConfig, pool) -> str:
-    """Write the shard's rgb object (quarantined rows hold the fill value, 0) and return its sha256."""
-    from storage.store import DatasetStore
-
-    rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)
-    for i, s in enumerate(samples):
-        if s["uri"] in canvases:
-            rgb[i] = canvases[s["uri"]]
-    return DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=pool)
+        elif res is not None:
+            net_inputs.append((uri, todo[uri], res))
+    return net_inputs
 
 
 @task(name="teacher-shard", **RETRY)
@@ -268,11 +256,16 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    from storage.store import DatasetStore
+
     cfg = BuildConfig.from_dict(config)
     cache = ArrayCache(cache_dir)
     out: dict[str, dict] = {}
     inputs: dict[str, bytes] = {}
     todo: dict[str, str] = {}  # uri -> teacher key, for outputs not cached yet
+    rows: dict[str, list[int]] = {}  # uri -> its rows in the shard (an input listed twice fills both)
+    for i, s in enumerate(samples):
+        rows.setdefault(s["uri"], []).append(i)
     for uri, data in read_uris(s["uri"] for s in samples).items():  # remote inputs fetched concurrently
         if isinstance(data, OSError):
             why = "is a directory" if isinstance(data, IsADirectoryError) else "file not found"
@@ -295,9 +288,12 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
         rgb_sha256 = ""
 
         def prepare() -> list[tuple[str, str, np.ndarray]]:
+            # The shard's images are written here, where the photos are decoded: the store's only copy.
             nonlocal rgb_sha256
-            canvases, net_inputs = _decode_shard(inputs, todo, cfg, size, out, pool)
-            rgb_sha256 = _write_images(store_path, shard, samples, canvases, cfg, pool)
+            rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)
+            net_inputs = _decode_shard(inputs, rows, todo, cfg, size, out, pool, rgb)
+            store = DatasetStore.open(store_path, mode="r+")
+            rgb_sha256 = store.write_array(shard, "rgb", rgb, executor=pool)
             return net_inputs
 
         if model is None:

@@ -48,6 +48,15 @@ def test_build_quarantines_bad_inputs_and_completes(prefect_harness, bad_images,
     ok = [r for r in rows if r["status"] == "ok"]
     sample = DatasetStore.open(store).read_sample(int(ok[0]["index"]))
     assert sample["rgb"].shape == (96, 320, 3) and sample["sparse"].shape == (96, 320)
+    # The images, written by the teacher stage where each photo is decoded once: the photo at the canvas, and
+    # the fill value (0) in a quarantined row.
+    from storage.root import read_uri
+    from tasks.images import load_fitted
+
+    photo = read_uri(ok[0]["source_uri"])
+    assert np.array_equal(sample["rgb"], load_fitted(photo, name="x", canvas=(96, 320)))
+    bad = next(r for r in rows if r["status"] == "quarantined")
+    assert not DatasetStore.open(store).read_sample(int(bad["index"]))["rgb"].any()
     hit = sample["sparse"] > 0
     assert hit.any()
     # Simulated returns sit on the mesh built from the stored depth (noise is a few cm).

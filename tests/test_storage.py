@@ -461,3 +461,36 @@ def test_format_3_keeps_depth_as_kitti_uint16_and_reads_format_2_stores(tmp_path
         item = CompletionDataset(tmp_path / store)[2]
         np.testing.assert_array_equal(item["depth"][0].numpy(), metres[item["index"]])
         np.testing.assert_array_equal(DatasetStore.open(tmp_path / store).read_sample(3)["depth"], metres[3])
+
+
+@pytest.mark.parametrize("n_rows", [S, 3])
+def test_array_written_ahead_gives_the_same_shard_as_one_write(tmp_path, n_rows):
+    """write_array (the build's teacher stage writes rgb where it decodes the photos, its chunks encoded by
+    threads) + write_shard(written=...) leave exactly the files of one plain write_shard; write_array uncommits
+    a complete shard first; write_shard refuses an array that is neither given nor written."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    arrays, rows = make_arrays(n_rows, 5), make_rows(0, n_rows)
+    plain = new_store(tmp_path / "plain")
+    plain.ensure_shards(1)
+    plain.write_shard(0, arrays, rows)
+    ahead = new_store(tmp_path / "ahead")
+    ahead.ensure_shards(1)
+    ahead.write_shard(0, make_arrays(S, 9), make_rows(0, S))  # an older complete shard 0
+    with ThreadPoolExecutor(3) as pool:
+        digest = ahead.write_array(0, "rgb", arrays["rgb"], executor=pool)
+    assert ahead.complete_shards() == []  # the older manifest part no longer vouches for the new image object
+    rest = {k: v for k, v in arrays.items() if k != "rgb"}
+    ahead.write_shard(0, rest, rows, written={"rgb": digest})
+    assert tree_hashes(tmp_path / "ahead") == tree_hashes(tmp_path / "plain")
+    assert np.array_equal(DatasetStore.open(tmp_path / "ahead").read_sample(1)["rgb"], arrays["rgb"][1])
+
+    with pytest.raises(StoreError, match="missing"):
+        ahead.write_shard(0, rest, rows)  # rgb neither given nor written
+    with pytest.raises(StoreError, match="both"):
+        ahead.write_shard(0, arrays, rows, written={"rgb": digest})
+    (tmp_path / "ahead" / ahead.shard_object("rgb", 0)).unlink()
+    with pytest.raises(StoreError, match="rgb.*missing"):
+        ahead.write_shard(0, rest, rows, written={"rgb": digest})
+    with pytest.raises(StoreError, match="shape"):
+        ahead.write_array(0, "rgb", arrays["rgb"][:, :5])

@@ -72,17 +72,21 @@ def test_teacher_decode_threads_keep_order_and_quarantine_bad_images():
     good = [p.read_bytes() for p in demo]
     datas = good[:3] + [good[3][:200]] + good[3:]  # a truncated JPEG in the middle
     inputs = {f"img{i}": d for i, d in enumerate(datas)}
+    rows = {uri: [i] for i, uri in enumerate(inputs)}
+    rows["img0"].append(len(inputs))  # an input listed twice fills both rows
     todo = {uri: f"{i:064x}" for i, uri in enumerate(inputs) if i != 1}  # img1's output is cached
     out = {uri: {"status": "ok", "content_hash": "h"} for uri in inputs}
     cfg = BuildConfig(height=64, width=192)
+    rgb = np.zeros((len(inputs) + 1, 64, 192, 3), np.uint8)
     with ThreadPoolExecutor(3) as pool:
-        canvases, net_inputs = _decode_shard(inputs, todo, cfg, (42, 126), out, pool)
-    assert list(canvases) == [uri for uri in inputs if uri != "img3"]
-    for uri, canvas in canvases.items():
-        assert np.array_equal(canvas, load_fitted(inputs[uri], name=uri, canvas=(64, 192)))
+        net_inputs = _decode_shard(inputs, rows, todo, cfg, (42, 126), out, pool, rgb)
+    for uri, data in inputs.items():
+        for i in rows[uri]:
+            want = np.zeros_like(rgb[0]) if uri == "img3" else load_fitted(data, name=uri, canvas=(64, 192))
+            assert np.array_equal(rgb[i], want)
     assert [uri for uri, _, _ in net_inputs] == [uri for uri in todo if uri != "img3"]
     for uri, key, image in net_inputs:
         assert key == todo[uri] and image.shape == (42, 126, 3)
-        assert np.array_equal(image, resize_image(canvases[uri], (42, 126)))
+        assert np.array_equal(image, resize_image(rgb[rows[uri][0]], (42, 126)))
     assert out["img3"]["status"] == "quarantined" and "img3" in out["img3"]["reason"]
     assert all(out[u]["status"] == "ok" for u in out if u != "img3")
