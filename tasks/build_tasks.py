@@ -36,7 +36,7 @@ from tasks.float16 import to_float16
 from tasks.images import load_fitted, opencv_single_threaded
 from tasks.provenance import stable_hash
 from tasks.shard_writer import simulate_and_write_shard
-from tasks.sim_pool import run_in_pool
+from tasks.sim_pool import SIM_NICE, lower_priority, run_in_pool
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -282,35 +282,34 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
     # Store paths stay absolute for pool workers and Dask workers alike (see write_shard).
     store_path = store_path if "://" in store_path else os.path.abspath(store_path)
     computed = 0
+    rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)  # the shard's images, decoded once
     with opencv_single_threaded(), \
             ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
 
-        rgb_sha256 = ""
-
-        def prepare() -> list[tuple[str, str, np.ndarray]]:
-            # The shard's images are written here, where the photos are decoded: the store's only copy.
-            nonlocal rgb_sha256
-            rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)
-            net_inputs = _decode_shard(inputs, rows, todo, cfg, size, out, pool, rgb)
-            store = DatasetStore.open(store_path, mode="r+")
-            rgb_sha256 = store.write_array(shard, "rgb", rgb, executor=pool)
-            return net_inputs
+        def decode() -> list[tuple[str, str, np.ndarray]]:
+            return _decode_shard(inputs, rows, todo, cfg, size, out, pool, rgb)
 
         if model is None:
-            prepare()
+            decode()
         else:
             bs = int(teacher["batch_size"])
-            batches, preds = _predict_in_shard_order(model, shard, prepare, bs)
+            batches, preds = _predict_in_shard_order(model, shard, decode, bs)
             for batch, pred in zip(batches, preds):
                 computed += _cache_outputs(batch, pred, cache, cfg, teacher)
             get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
+    # The images go into the store after the shard's device turn, encoded by threads that take a core only when
+    # the teacher leaves one idle, as the simulation workers do (tasks.sim_pool): the teacher never waits for
+    # them. Decoding is the part the teacher waits for, so it runs at normal priority above.
+    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="image-encode",
+                            initializer=lower_priority, initargs=(SIM_NICE,)) as low:
+        rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=low)
     n_ok = sum(i["status"] == "ok" for i in out.values())
     return {"inputs": out, "computed": computed, "cached": n_ok - computed, "rgb_sha256": rgb_sha256}
 
 
 def _predict_in_shard_order(model, shard: int, prepare: Callable[[], list[tuple[str, str, np.ndarray]]],
                             bs: int) -> tuple[list[list], list[np.ndarray]]:
-    """Prepare the shard (``prepare``: decode, write the images, return the teacher's inputs) after taking a
+    """Prepare the shard (``prepare``: decode, return the teacher's inputs) after taking a
     place in the shard-ordered device lock, then run every batch in one turn of it: a lower shard that is still
     decoding goes first, so shard k's outputs are complete before shard k+1 gets the device. (A module-level
     helper, not inline in the task: Dask pickles the task function by value, and a lock among its globals does

@@ -45,8 +45,9 @@ def default_workers() -> int:
 
 
 def lower_priority(nice: int) -> None:
-    """Lower this process's CPU priority: ``SCHED_IDLE`` (runs only when a core would otherwise idle) where the
-    OS has it, else ``nice``; ``nice`` == 0 leaves it as it is."""
+    """Lower the calling thread's CPU priority (Linux keeps both per thread; threads it starts later inherit it):
+    ``SCHED_IDLE`` (runs only when a core would otherwise idle) where the OS has it, else ``nice``; ``nice`` == 0
+    leaves it as it is."""
     if not nice:
         return
     try:
