@@ -281,7 +281,6 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
     size = model.input_size(cfg.height, cfg.width) if model is not None else None
     # Store paths stay absolute for pool workers and Dask workers alike (see write_shard).
     store_path = store_path if "://" in store_path else os.path.abspath(store_path)
-    computed = 0
     rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)  # the shard's images, decoded once
     with opencv_single_threaded(), \
             ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
@@ -291,18 +290,19 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
 
         if model is None:
             decode()
+            batches, preds = [], []
         else:
-            bs = int(teacher["batch_size"])
-            batches, preds = _predict_in_shard_order(model, shard, decode, bs)
-            for batch, pred in zip(batches, preds):
-                computed += _cache_outputs(batch, pred, cache, cfg, teacher)
-            get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
-    # The images go into the store after the shard's device turn, encoded by threads that take a core only when
-    # the teacher leaves one idle, as the simulation workers do (tasks.sim_pool): the teacher never waits for
-    # them. Decoding is the part the teacher waits for, so it runs at normal priority above.
-    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="image-encode",
+            batches, preds = _predict_in_shard_order(model, shard, decode, int(teacher["batch_size"]))
+    # After the shard's device turn, what the teacher does not wait for: its outputs into the cache and the images
+    # into the store, by threads that take a core only when the teacher leaves one idle, as the simulation
+    # workers do (tasks.sim_pool). Decoding is what the teacher waits for, so it runs at normal priority above.
+    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-after",
                             initializer=lower_priority, initargs=(SIM_NICE,)) as low:
+        puts = [low.submit(_cache_outputs, batch, pred, cache, cfg, teacher) for batch, pred in zip(batches, preds)]
         rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=low)
+        computed = sum(f.result() for f in puts)
+    if model is not None:
+        get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
     n_ok = sum(i["status"] == "ok" for i in out.values())
     return {"inputs": out, "computed": computed, "cached": n_ok - computed, "rgb_sha256": rgb_sha256}
 
