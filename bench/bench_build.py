@@ -82,6 +82,13 @@ class StageClock:
         return self.wrap(stage, fn)(*a, **k)
 
 
+def write_as_the_build(store, shard: int, arrays: dict, rows: list[dict]) -> None:
+    """The images as the build's teacher stage writes them (one thread here), then the other arrays with the
+    manifest part, as its write stage does."""
+    digest = store.write_array(shard, "rgb", arrays["rgb"])
+    store.write_shard(shard, {k: v for k, v in arrays.items() if k != "rgb"}, rows, written={"rgb": digest})
+
+
 def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: list[str]) -> None:
     import storage.store as st
     import tasks.lidar as lidar
@@ -157,10 +164,7 @@ def stage_breakdown(images: list[Path], h: int, w: int, work: Path, profiles: li
                          "status": "ok", **res.stats})
         shard = 0 if rep == "warm-up" else 1
         for comp in (profiles if rep == "warm-up" else [*profiles, *profiles[::-1]]):  # ABBA
-            # The images as the teacher stage writes them (one thread here), then the rest with the manifest.
-            clock.run(f"store write [{comp}]", lambda: stores[comp].write_shard(
-                shard, {k: v for k, v in arrays.items() if k != "rgb"}, rows,
-                written={"rgb": stores[comp].write_array(shard, "rgb", arrays["rgb"])}))
+            clock.run(f"store write [{comp}]", write_as_the_build, stores[comp], shard, arrays, rows)
     n = len(images)
     total_sim = clock.cpu.pop("simulate_sample (total)")
     inner = sum(v for k, v in clock.cpu.items() if k in ("depth policy", "mesh", "beams", "ray cast", "projection",
