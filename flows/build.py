@@ -164,7 +164,7 @@ def _finalize(store: DatasetStore, cfg: BuildConfig, teacher: dict, results: lis
         "task_runs": 2 * len(results),  # one teacher + one write task per shard
         "failed_shards": failed_shards,
         "teacher_computed": int(sum(r.get("teacher_computed", 0) for r in results)),
-        # CPU seconds per written sample in the shard writers (decode, simulate, encode, write), teacher excluded
+        # CPU seconds per written sample in the shard writers (simulate, encode, write), teacher stage excluded
         "write_cpu_ms_per_sample": round(1000 * sum(r.get("cpu_s", 0.0) for r in results) / written, 2)
         if written else 0.0,
         "lidar_density_mean": mean_ok_density(table),

@@ -210,9 +210,10 @@ def teacher_tags() -> list[str]:
 
 
 # ---------------------------------------------------------------- tasks
-# Threads that decode a shard's photos to the canvas, make the teacher's inputs and encode the images.
-# libjpeg-turbo (simplejpeg), OpenCV's resize and Blosc run without the GIL, so they work in parallel; a GPU
-# teacher consumes images far faster than one core prepares them (~10 ms each at 352x1216, encoding included).
+# Threads that decode a shard's photos to the canvas and make the teacher's inputs (as many again, under
+# SCHED_IDLE after the device turn, encode the images and fill the cache). libjpeg-turbo (simplejpeg), OpenCV's
+# resize and Blosc run without the GIL, so they work in parallel; a GPU teacher consumes images far faster than
+# one core prepares them (~6.5 ms to decode and resample one at 352x1216, ~6.5 ms more to encode and cache).
 TEACHER_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 

@@ -1,4 +1,4 @@
-"""A process pool for the CPU side of the build (decode, simulate, encode, write), beside the teacher.
+"""A process pool for the CPU side of the build (simulate, encode, write), beside the teacher.
 
 Why processes: the per-sample work is a mix of Python, numpy, Numba and codec calls; in threads of one
 process it contends for the GIL with the teacher thread's pre/post-processing, and a 2-thread build used
