@@ -36,7 +36,7 @@ from tasks.float16 import to_float16
 from tasks.images import load_fitted, opencv_single_threaded
 from tasks.provenance import stable_hash
 from tasks.shard_writer import simulate_and_write_shard
-from tasks.sim_pool import SIM_NICE, lower_priority, run_in_pool
+from tasks.sim_pool import run_in_pool
 
 
 def _retry_transient(task, task_run, state) -> bool:
@@ -210,8 +210,8 @@ def teacher_tags() -> list[str]:
 
 
 # ---------------------------------------------------------------- tasks
-# Threads that decode a shard's photos to the canvas and make the teacher's inputs (as many again, under
-# SCHED_IDLE after the device turn, encode the images and fill the cache). libjpeg-turbo (simplejpeg), OpenCV's
+# Threads that decode a shard's photos to the canvas and make the teacher's inputs (as many again, after the
+# device turn, encode the images and fill the cache). libjpeg-turbo (simplejpeg), OpenCV's
 # resize and Blosc run without the GIL, so they work in parallel; a GPU teacher consumes images far faster than
 # one core prepares them (~6.5 ms to decode and resample one at 352x1216, ~6.5 ms more to encode and cache).
 TEACHER_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -294,13 +294,13 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
             batches, preds = [], []
         else:
             batches, preds = _predict_in_shard_order(model, shard, decode, int(teacher["batch_size"]))
-    # After the shard's device turn, what the teacher does not wait for: its outputs into the cache and the images
-    # into the store, by threads that take a core only when the teacher leaves one idle, as the simulation
-    # workers do (tasks.sim_pool). Decoding is what the teacher waits for, so it runs at normal priority above.
-    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-after",
-                            initializer=lower_priority, initargs=(SIM_NICE,)) as low:
-        puts = [low.submit(_cache_outputs, batch, pred, cache, cfg, teacher) for batch, pred in zip(batches, preds)]
-        rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=low)
+    # After the shard's device turn (the next shard has it now): its outputs into the cache and the images into
+    # the store, by threads at normal priority. Not under SCHED_IDLE as the simulation workers: this shard's write
+    # task waits for them, and with a CPU teacher busy on the next shard idle-priority threads got a core so
+    # rarely that the writes started ~1.2 s later (measured on a 48-photo build).
+    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-after") as after:
+        puts = [after.submit(_cache_outputs, batch, pred, cache, cfg, teacher) for batch, pred in zip(batches, preds)]
+        rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=after)
         computed = sum(f.result() for f in puts)
     if model is not None:
         get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
