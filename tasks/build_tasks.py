@@ -296,8 +296,10 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
             batches, preds = _predict_in_shard_order(model, shard, decode, int(teacher["batch_size"]))
     # After the shard's device turn (the next shard has it now): its outputs into the cache and the images into
     # the store, by threads at normal priority. Not under SCHED_IDLE as the simulation workers: this shard's write
-    # task waits for them, and with a CPU teacher busy on the next shard idle-priority threads got a core so
-    # rarely that the writes started ~1.2 s later (measured on a 48-photo build).
+    # task waits for them, and the next teacher task is submitted only when this one ends (TEACHER_AHEAD), so on
+    # a GPU box they must not wait for a core behind every simulation worker. (Beside this box's CPU teacher the
+    # two priorities gave the same build times within noise; under SCHED_IDLE the first write started ~0.8 s
+    # later.)
     with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-after") as after:
         puts = [after.submit(_cache_outputs, batch, pred, cache, cfg, teacher) for batch, pred in zip(batches, preds)]
         rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=after)
