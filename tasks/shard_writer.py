@@ -32,7 +32,7 @@ def teacher_at_canvas(compact: np.ndarray, height: int, width: int) -> np.ndarra
     return to_float16(cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR))
 
 
-def _shard_buffers(n: int, height: int, width: int, names=tuple(ARRAYS)) -> dict[str, np.ndarray]:
+def _shard_buffers(n: int, height: int, width: int, names: tuple[str, ...] = tuple(ARRAYS)) -> dict[str, np.ndarray]:
     # Filled in place (no per-sample list + np.stack copy); zeros = the store's fill value for bad rows.
     return {name: np.zeros((n, *sample_shape(name, height, width)), dtype=ARRAYS[name][0]) for name in names}
 
