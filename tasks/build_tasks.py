@@ -210,8 +210,8 @@ def teacher_tags() -> list[str]:
 
 
 # ---------------------------------------------------------------- tasks
-# Threads that decode a shard's photos to the canvas and make the teacher's inputs (as many again, after the
-# device turn, encode the images and fill the cache). libjpeg-turbo (simplejpeg), OpenCV's
+# Threads that decode a shard's photos to the canvas and make the teacher's inputs (and, after the device turn,
+# encode the images and fill the cache). libjpeg-turbo (simplejpeg), OpenCV's
 # resize and Blosc run without the GIL, so they work in parallel; a GPU teacher consumes images far faster than
 # one core prepares them (~6.5 ms to decode and resample one at 352x1216, ~6.5 ms more to encode and cache).
 TEACHER_DECODE_THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -284,7 +284,7 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
     store_path = store_path if "://" in store_path else os.path.abspath(store_path)
     rgb = np.zeros((len(samples), cfg.height, cfg.width, 3), np.uint8)  # the shard's images, decoded once
     with opencv_single_threaded(), \
-            ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-decode") as pool:
+            ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-stage") as pool:
 
         def decode() -> list[tuple[str, str, np.ndarray]]:
             return _decode_shard(inputs, rows, todo, cfg, size, out, pool, rgb)
@@ -294,15 +294,14 @@ def teacher_shard(store_path: str, cache_dir: str, samples: list[dict], config: 
             batches, preds = [], []
         else:
             batches, preds = _predict_in_shard_order(model, shard, decode, int(teacher["batch_size"]))
-    # After the shard's device turn (the next shard has it now): its outputs into the cache and the images into
-    # the store, by threads at normal priority. Not under SCHED_IDLE as the simulation workers: this shard's write
-    # task waits for them, and the next teacher task is submitted only when this one ends (TEACHER_AHEAD), so on
-    # a GPU box they must not wait for a core behind every simulation worker. (Beside this box's CPU teacher the
-    # two priorities gave the same build times within noise; under SCHED_IDLE the first write started ~0.8 s
-    # later.)
-    with ThreadPoolExecutor(TEACHER_DECODE_THREADS, thread_name_prefix="teacher-after") as after:
-        puts = [after.submit(_cache_outputs, batch, pred, cache, cfg, teacher) for batch, pred in zip(batches, preds)]
-        rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=after)
+        # After the shard's device turn (the next shard has it now), the same threads put its outputs into the
+        # cache and encode its images into the store, at normal priority. Not under SCHED_IDLE as the simulation
+        # workers: this shard's write task waits for them, and the next teacher task is submitted only when this
+        # one ends (TEACHER_AHEAD), so on a GPU box they must not wait for a core behind every simulation worker.
+        # (Beside this box's CPU teacher the two priorities gave the same build times within noise; under
+        # SCHED_IDLE the first write started ~0.8 s later.)
+        puts = [pool.submit(_cache_outputs, batch, pred, cache, cfg, teacher) for batch, pred in zip(batches, preds)]
+        rgb_sha256 = DatasetStore.open(store_path, mode="r+").write_array(shard, "rgb", rgb, executor=pool)
         computed = sum(f.result() for f in puts)
     if model is not None:
         get_run_logger().info("teacher: %d computed, %d cached", computed, len(out) - len(todo))
