@@ -8,14 +8,21 @@ from typing import Literal
 # Standard Blosc (zstd or lz4 inside) + crc32c per chunk, chosen by measurement on the bench_loader
 # samples (KITTI-like 352x1216; figures in README "Dataset format") and on simulated build shards
 # (bench/bench_build.py --stages). Three profiles:
-# * "balanced" (default, what a build writes): blosc zstd level 1 in 256 KiB blocks, bit shuffle for uint8 RGB,
-#   the float16 teacher output and the uint16 depth, no shuffle for sparse (mostly zeros: zstd's own matches
+# * "balanced" (default, what a build writes): blosc lz4 with bit shuffle for the uint8 RGB, and blosc zstd
+#   level 1 for the maps: bit shuffle for the float16 teacher output and the uint16 depth, no shuffle for sparse (mostly zeros: zstd's own matches
 #   beat a shuffle there, 48 vs 57 KiB and 1.2 vs 1.8 ms per sample, decoding 0.6 vs 0.8 ms). Per simulated
 #   352x1216 sample on one core: ~11 ms to encode rgb+teacher+depth+sparse (zstd 2 with byte shuffle for the
 #   teacher output saved 2.5 % of its bytes for 2.3x its time; level 5 with blosc's automatic block size took
 #   ~70-90 ms for 1-6 % fewer bytes); decoding costs the same. Depth in the KITTI uint16 form (format 3)
 #   takes 434 KiB against 1061 KiB as float32 (the float32 mantissa below the teacher's float16 precision
-#   was noise to the compressor).
+#   was noise to the compressor). RGB is the one array where zstd buys the least per CPU millisecond: photos
+#   without a predictor (no standard Zarr codec has one) compress little either way. On 21 real photos fitted
+#   to 352x1216 (shared natural, KITTI, NYU and the demo photos; one core, 256 KiB blocks, bit shuffle): lz4
+#   1.40 ms for 972 KiB against zstd 1 3.73 ms for 820 KiB, and decoding 0.92 against 1.68 ms. Per KiB
+#   saved, zstd costs 2-3x more CPU on RGB than on the teacher output or depth (bench/bench_build.py
+#   --stages; the build's per-sample CPU budget is 30 ms), so "balanced" spends it on the maps only. All
+#   blosc, all standard: stores written before this choice (zstd RGB) are read and extended with their own
+#   codecs, which the array metadata records.
 # * "fast": blosc lz4 (level 1, 256 KiB blocks) with the same shuffles, byte shuffle for the teacher output
 #   and the depth: ~2.4x less CPU to encode (3.1 vs 7.4 ms per 352x1216 sample on one core) and ~2x less to
 #   decode (rgb 1.0 vs 1.7 ms; the store's tensorstore reader 1.3x the samples/s in bench_loader), for ~1.2x
@@ -28,7 +35,7 @@ from typing import Literal
 # blocksize; 0 = blosc chooses)
 COMPRESSION = {
     "balanced": {
-        "rgb": (None, "zstd", 1, "bitshuffle", 256 << 10),
+        "rgb": (None, "lz4", 1, "bitshuffle", 256 << 10),
         "teacher_output": (None, "zstd", 1, "bitshuffle", 256 << 10),
         "depth": (None, "zstd", 1, "bitshuffle", 256 << 10),
         "sparse": (None, "zstd", 1, "noshuffle", 256 << 10),

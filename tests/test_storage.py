@@ -380,6 +380,38 @@ def test_unknown_compression_profile_is_refused(tmp_path):
         new_store(tmp_path / "ds", compression="tiny")
 
 
+def test_a_store_keeps_the_codecs_it_was_created_with(tmp_path, monkeypatch):
+    """Profiles can be retuned between releases (balanced's RGB went from zstd to lz4): a store created under
+    the earlier definition keeps writing its later shards with the codecs its array metadata records, and plain
+    zarr-python reads both kinds of shard bit for bit."""
+    import zarr
+
+    from storage import compression
+
+    earlier = dict(compression.COMPRESSION["balanced"], rgb=(None, "zstd", 1, "bitshuffle", 256 << 10))
+    monkeypatch.setitem(compression.COMPRESSION, "balanced", earlier)
+    store = new_store(tmp_path / "ds")
+    store.ensure_shards(2)
+    first = make_arrays(S, 1)
+    store.write_shard(0, first, make_rows(0, S))
+    monkeypatch.undo()  # today's definition from here on
+    assert compression.COMPRESSION["balanced"]["rgb"][1] == "lz4"
+    second = make_arrays(S, 2)
+    reopened = DatasetStore.open(tmp_path / "ds", mode="r+")
+    digest = reopened.write_array(1, "rgb", second["rgb"])
+    reopened.write_shard(1, {k: v for k, v in second.items() if k != "rgb"}, make_rows(1, S), written={"rgb": digest})
+    group = zarr.open_group(str(tmp_path / "ds"), mode="r")
+    inner = group["rgb"].metadata.codecs[0].codecs
+    assert [c.cname.value for c in inner if hasattr(c, "cname")] == ["zstd"]
+    np.testing.assert_array_equal(group["rgb"][:S], first["rgb"])
+    np.testing.assert_array_equal(group["rgb"][S:2 * S], second["rgb"])
+    # The bytes themselves: Blosc's header names the compressor that wrote each chunk (flags bits 5-7, 4 =
+    # zstd), and any codec decodes, so the values alone would not show it. Chunk 0 opens each shard object.
+    for shard in (0, 1):
+        head = (tmp_path / "ds" / reopened.shard_object("rgb", shard)).read_bytes()[:3]
+        assert head[2] >> 5 == 4, shard
+
+
 def test_compression_type_lists_every_profile():
     """The flow's typed parameter (the Prefect UI's dropdown) offers exactly the profiles the store knows."""
     from typing import get_args
