@@ -146,57 +146,70 @@ SKIP_TILE = 8   # cells per side of the depth-range tiles the "fast" ray caster 
 
 
 @numba.njit(cache=True, nogil=True)
+def _row_of_cells(d: np.ndarray, i: int, zmin: float, zmax: float, ratio: float, ok: np.ndarray,
+                  lo_out: np.ndarray, hi_out: np.ndarray) -> int:
+    # The cells of grid row i: both triangle flags into ok, and each cell's depth range over its surviving
+    # triangles into lo_out/hi_out (inf/-inf when none survives); returns how many triangles survive. No
+    # branches and no value carried from one cell to the next, so LLVM vectorises the loop.
+    n = 0
+    for j in range(d.shape[1] - 1):
+        a = d[i, j]  # a=(i,j) b=(i,j+1) c=(i+1,j) e=(i+1,j+1), see the module docstring
+        b = d[i, j + 1]
+        c = d[i + 1, j]
+        e = d[i + 1, j + 1]
+        vbc = (zmin <= b) & (b <= zmax) & (zmin <= c) & (c <= zmax)
+        lo_bc = min(b, c)
+        hi_bc = max(b, c)
+        lo0 = min(a, lo_bc)
+        hi0 = max(a, hi_bc)
+        lo1 = min(e, lo_bc)
+        hi1 = max(e, hi_bc)
+        k0 = vbc & (zmin <= a) & (a <= zmax) & (hi0 <= ratio * lo0)
+        k1 = vbc & (zmin <= e) & (e <= zmax) & (hi1 <= ratio * lo1)
+        ok[0, i, j] = k0
+        ok[1, i, j] = k1
+        n += np.int64(k0) + np.int64(k1)
+        lo_out[j] = min(lo0 if k0 else np.inf, lo1 if k1 else np.inf)
+        hi_out[j] = max(hi0 if k0 else -np.inf, hi1 if k1 else -np.inf)
+    return n
+
+
+@numba.njit(cache=True, nogil=True)
 def _triangle_mask(d: np.ndarray, zmin: float, zmax: float, ratio: float, tile: int):
     # One pass over the cells; numba because the numpy version needs ~20 full-image temporaries and
-    # this runs once per simulated scan inside the 20 ms budget. The same pass records each tile's depth
+    # this runs once per simulated scan inside the 30 ms budget. The same pass records each tile's depth
     # range over its surviving triangles (for the fast caster's skip test) and counts the triangles.
-    # Walked tile by tile: the tile's range lives in two locals (written once per tile, not per triangle),
-    # and each cell reuses its right neighbour's depths and validity for the next cell (4x faster than a
-    # row-major walk that updates the tile arrays per triangle; same outputs).
+    # Row by row (vectorised, _row_of_cells), the cell ranges folded column-wise over a band of `tile` rows,
+    # then each band reduced per tile of columns: 2.6 -> 0.85 ms for a 352x1216 map against the earlier
+    # tile-by-tile scalar walk, the same outputs (bench/bench_build.py --stages, "mesh").
     hg, wg = d.shape
-    ok = np.zeros((2, hg - 1, wg - 1), dtype=np.bool_)
-    th = (hg - 1 + tile - 1) // tile
-    tw = (wg - 1 + tile - 1) // tile
+    hc, wc = hg - 1, wg - 1
+    ok = np.zeros((2, hc, wc), dtype=np.bool_)
+    th = (hc + tile - 1) // tile
+    tw = (wc + tile - 1) // tile
     tmin = np.full((th, tw), np.inf)
     tmax = np.full((th, tw), -np.inf)
+    cell_lo = np.empty(wc)
+    cell_hi = np.empty(wc)
+    band_lo = np.empty(wc)
+    band_hi = np.empty(wc)
     n = 0
     for ti in range(th):
-        i1 = min(hg - 1, (ti + 1) * tile)
+        band_lo[:] = np.inf
+        band_hi[:] = -np.inf
+        for i in range(ti * tile, min(hc, (ti + 1) * tile)):
+            n += _row_of_cells(d, i, zmin, zmax, ratio, ok, cell_lo, cell_hi)
+            for j in range(wc):
+                band_lo[j] = min(band_lo[j], cell_lo[j])
+                band_hi[j] = max(band_hi[j], cell_hi[j])
         for tj in range(tw):
-            j0 = tj * tile
-            j1 = min(wg - 1, j0 + tile)
-            tlo = np.inf
-            thi = -np.inf
-            for i in range(ti * tile, i1):
-                a = d[i, j0]  # a=(i,j) b=(i,j+1) c=(i+1,j) e=(i+1,j+1), see the module docstring
-                c = d[i + 1, j0]
-                va = zmin <= a <= zmax
-                vc = zmin <= c <= zmax
-                for j in range(j0, j1):
-                    b = d[i, j + 1]
-                    e = d[i + 1, j + 1]
-                    vb = zmin <= b <= zmax
-                    ve = zmin <= e <= zmax
-                    if vb and vc:
-                        if va:
-                            lo = min(a, min(b, c))
-                            hi = max(a, max(b, c))
-                            if hi <= ratio * lo:
-                                ok[0, i, j] = True
-                                n += 1
-                                tlo = min(tlo, lo)
-                                thi = max(thi, hi)
-                        if ve:
-                            lo = min(e, min(b, c))
-                            hi = max(e, max(b, c))
-                            if hi <= ratio * lo:
-                                ok[1, i, j] = True
-                                n += 1
-                                tlo = min(tlo, lo)
-                                thi = max(thi, hi)
-                    a, c, va, vc = b, e, vb, ve
-            tmin[ti, tj] = tlo
-            tmax[ti, tj] = thi
+            lo = np.inf
+            hi = -np.inf
+            for j in range(tj * tile, min(wc, (tj + 1) * tile)):
+                lo = min(lo, band_lo[j])
+                hi = max(hi, band_hi[j])
+            tmin[ti, tj] = lo
+            tmax[ti, tj] = hi
     return ok, tmin, tmax, n
 
 

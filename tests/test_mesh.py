@@ -91,7 +91,7 @@ def test_export_roundtrip(tmp_path, suffix):
 
 
 def test_triangle_mask_and_tile_ranges_match_a_numpy_reference():
-    """The numba pass (tile by tile) keeps exactly the triangles of the module docstring's rule and records
+    """The numba pass (row by row, vectorised) keeps exactly the triangles of the module docstring's rule and records
     each skip tile's depth range over them; checked against a plain numpy statement of the rule on maps with
     sky, out-of-range vertices, edges and sizes that are not multiples of the tile."""
     from tasks.mesh import SKIP_TILE, _triangle_mask
